@@ -1,0 +1,1 @@
+"""The ``mindsearch`` command line (click). Sub-commands load lazily; see ``cli.main``."""

@@ -1,0 +1,80 @@
+"""Entry point of the ``mindsearch`` console script.
+
+Sub-commands are registered by dotted path and imported only when invoked, so
+``mindsearch --help`` never pays for torch, lancedb or faiss.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from mindsearch import __version__
+from mindsearch.errors import MindsearchError
+
+# name -> "module:attribute" of a click command; imported on first use.
+COMMANDS = {
+    "demo": ("cli.demo_cmd:demo", "Simulate a small world, train, evaluate, search: the main job."),
+    "simulate": ("cli.simulate_cmd:simulate", "Write a simulated NSD-like dataset with a known ceiling."),
+    "data": ("cli.data_cmd:data", "Inspect datasets in any supported layout."),
+    "train": ("cli.train_cmd:train", "Train a brain encoder (ridge or MindEye-style) on one subject."),
+    "eval": ("cli.eval_cmd:eval_group", "Evaluate with the papers' protocols."),
+    "embed": ("cli.embed_cmd:embed", "Encode voxels with a trained run."),
+    "index": ("cli.index_cmd:index", "Build and inspect image-embedding indexes."),
+    "query": ("cli.query_cmd:query", "Search an index with brain data (or the reverse)."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name, (target, _) in COMMANDS.items() if _available(target))
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not _available(COMMANDS[name][0]):
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        # Short help without importing each command module.
+        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MindsearchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _available(target: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mindsearch")
+def cli():
+    """mindsearch: decode what a person saw from fMRI by embedding search.
+
+    Every command that fails on bad input prints one line naming the file and the
+    problem, exits with code 2, and leaves nothing half-written.
+    """
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="mindsearch", standalone_mode=True)
+    except MindsearchError as exc:  # raised outside invoke (e.g. in a callback)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
