@@ -12,7 +12,7 @@ import sys
 import click
 
 from mindsearch import __version__
-from mindsearch.errors import MindsearchError
+from mindsearch.errors import InputError, MindsearchError
 
 # name -> "module:attribute" of a click command; imported on first use.
 COMMANDS = {
@@ -47,7 +47,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except MindsearchError as exc:
+        except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
 
@@ -71,7 +71,7 @@ def cli():
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="mindsearch", standalone_mode=True)
-    except MindsearchError as exc:  # raised outside invoke (e.g. in a callback)
+    except InputError as exc:  # raised outside invoke (e.g. in a callback)
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
 
