@@ -1,0 +1,49 @@
+"""``mindsearch train``: ridge baseline or the MindEye-style encoder, one run directory out."""
+
+from __future__ import annotations
+
+import click
+
+from cli.common import emit_json, parse_ints, say
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(), help="Dataset directory (any supported layout).")
+@click.option("--subject", type=int, required=True, help="Subject to train (1-based, as in NSD).")
+@click.option("--subjects", default=None, help="With --pretrain: subjects to pretrain on, e.g. 2,5,7.")
+@click.option("--pretrain", is_flag=True, help="Shared-subject pretraining on --subjects (MindEye2).")
+@click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
+              help="Start from a pretrained run (adds a new subject adapter when needed).")
+@click.option("--model", type=click.Choice(["mindeye", "ridge"]), default="mindeye", show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "light", "paper"]), default="tiny", show_default=True)
+@click.option("--sessions", default=None, help="Train only on these sessions, e.g. 1 or 1,2,3.")
+@click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
+@click.option("--batch-size", type=int, default=None, help="Override the preset's batch size.")
+@click.option("--average", type=click.Choice(["betas", "none"]), default=None,
+              help="Ridge: fit on averaged repetitions (default) or single trials.")
+@click.option("--alpha", type=float, default=None, help="Ridge: fixed alpha (default: chosen on validation).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, epochs, batch_size,
+          average, alpha, device, seed, resume, out, as_json):
+    """Train a brain encoder on one subject and write a run directory (safetensors + JSON)."""
+    sessions = parse_ints(sessions)
+    if model == "ridge":
+        from training.ridge import train_ridge
+
+        summary = train_ridge(data, subject, out, average=average or "betas", sessions=sessions,
+                              alpha=alpha, seed=seed, progress=say)
+    else:
+        from training.trainer import train_from_cli
+
+        summary = train_from_cli(data=data, subject=subject, subjects=parse_ints(subjects),
+                                 pretrain=pretrain, from_run=from_run, preset=preset,
+                                 sessions=sessions, epochs=epochs, batch_size=batch_size,
+                                 device=device, seed=seed, resume=resume, out=out, progress=say)
+    if as_json:
+        emit_json(summary)
+    else:
+        say(f"run written to {out}")

@@ -1,0 +1,1 @@
+"""Evaluation: the papers' retrieval protocol, identification metrics, reports, benchmarks."""

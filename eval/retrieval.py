@@ -1,0 +1,117 @@
+"""The MindEye retrieval protocol, exactly.
+
+For each of ``loops`` loops draw ``pool`` test items uniformly without replacement, compare
+flattened L2-normalised embeddings by cosine similarity, and count top-1 hits; report the
+mean over loops and a 95% interval (1.96 SEM over loops). Pools come from the same legacy
+numpy stream MindEye2 uses (``seed_everything(42)`` then ``np.random.choice(n, 300,
+replace=False)`` per loop), so the pools are the paper code's pools.
+
+Direction names (see the README): ``brain_to_image`` asks, for each brain sample, whether its
+own image is the most similar of the pool's images -- the search-engine direction.
+``image_to_brain`` asks, for each image, whether its own brain sample is the most similar of
+the pool's brain samples. MindEye's code computes ``fwd_sim = batchwise_cosine_similarity(
+brain, clip)``, which returns the *transpose*, and arg-maxes rows: its ``fwd`` (called "image
+retrieval" in both papers) is our ``image_to_brain``, its ``bwd`` is our ``brain_to_image``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from indexes.errors import InputError
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Flatten every row and scale it to unit L2 norm (float32)."""
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _check(brain: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    brain, images = np.asarray(brain), np.asarray(images)
+    if len(brain) != len(images):
+        raise InputError(
+            f"brain has {len(brain)} rows but images has {len(images)}: row i of each must be "
+            "the same test item"
+        )
+    b, i = normalise(brain), normalise(images)
+    if b.shape[1] != i.shape[1]:
+        raise InputError(
+            f"brain embeddings have {b.shape[1]} values per row, image embeddings {i.shape[1]}: "
+            "they are not in the same embedding space"
+        )
+    if not (np.isfinite(b).all() and np.isfinite(i).all()):
+        raise InputError("embeddings contain NaN or Inf")
+    return b, i
+
+
+def top1_in_pool(sim: np.ndarray) -> np.ndarray:
+    """Per row of ``sim`` (queries × candidates, diagonal = correct), did the correct one win?
+
+    Ties count as a miss for the query, as ``argmax`` in the anchors would pick the first max
+    only by luck; we require the correct candidate to be strictly best.
+    """
+    correct = np.diag(sim)
+    others = sim.copy()
+    np.fill_diagonal(others, -np.inf)
+    return correct > others.max(axis=1)
+
+
+def topk_full_pool(queries: np.ndarray, candidates: np.ndarray, k: int) -> float:
+    """Fraction of queries whose own candidate (same row) ranks within the top k of all."""
+    sim = queries @ candidates.T
+    correct = np.diag(sim)[:, None]
+    rank = (sim > correct).sum(axis=1)  # number of strictly better candidates
+    return float(np.mean(rank < k))
+
+
+def retrieval_scores(
+    brain: np.ndarray,
+    images: np.ndarray,
+    pool: int = 300,
+    loops: int = 30,
+    seed: int = 42,
+) -> dict:
+    """Score paired embeddings with the papers' protocol; keys as documented in the README."""
+    b, im = _check(brain, images)
+    n = len(b)
+    if n < 2:
+        raise InputError(f"need at least 2 test items, got {n}")
+    pool = int(min(pool, n))
+    rs = np.random.RandomState(seed)
+    b2i, i2b = [], []
+    for _ in range(loops):
+        idx = rs.choice(n, pool, replace=False)
+        sim = b[idx] @ im[idx].T  # rows: brain samples, columns: images
+        b2i.append(top1_in_pool(sim).mean())
+        i2b.append(top1_in_pool(sim.T).mean())
+    b2i, i2b = np.asarray(b2i), np.asarray(i2b)
+
+    def ci95(x: np.ndarray) -> float:
+        return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+    out = {
+        "brain_to_image_top1": float(b2i.mean()),
+        "image_to_brain_top1": float(i2b.mean()),
+        "brain_to_image_top1_ci95": ci95(b2i),
+        "image_to_brain_top1_ci95": ci95(i2b),
+        "full_pool_brain_to_image_top1": topk_full_pool(b, im, 1),
+        "full_pool_image_to_brain_top1": topk_full_pool(im, b, 1),
+        "full_pool_brain_to_image_top5": topk_full_pool(b, im, 5),
+        "full_pool_image_to_brain_top5": topk_full_pool(im, b, 5),
+        "pool": pool,
+        "loops": int(loops),
+        "seed": int(seed),
+        "n": int(n),
+        "chance_top1": 1.0 / pool,
+    }
+    # Aliases that match the MindEye code's labels (its fwd/bwd are transposed; module doc).
+    out["mindeye_fwd"] = out["image_to_brain_top1"]
+    out["mindeye_bwd"] = out["brain_to_image_top1"]
+    return out
+
+
+def average_by_group(embeddings: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """MindEye2's repetition handling: average model outputs over each image's trials."""
+    return np.stack([np.asarray(embeddings[g], dtype=np.float32).mean(axis=0) for g in groups])

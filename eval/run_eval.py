@@ -1,0 +1,81 @@
+"""Score a trained run on its dataset's test split with the retrieval protocol.
+
+Repetition handling, named as the anchors do:
+- ``betas``: average the z-scored repetitions before the model (MindEye1, Brain-Diffuser);
+- ``outputs``: run every trial, average the model's outputs per image (MindEye2);
+- ``single``: one trial per image (the first repetition), as MindEye1's Table 8.
+On simulated data the Bayes ceiling for the same test set and protocol is reported beside:
+``betas`` and ``outputs`` share the 3-repetition ceiling, ``single`` has its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from eval.retrieval import average_by_group, retrieval_scores
+from mindsearch.errors import MindsearchError
+
+AVERAGING = ("betas", "outputs", "single")
+
+
+def test_embeddings(run, ds, average: str = "betas", embedding: str = "disjointed",
+                    subject: int | None = None):
+    """(brain embeddings, image ids) for the test split, one row per test image.
+
+    Voxels are z-scored per session with training-trial statistics by the data layer, the
+    same statistics the run was trained with.
+    """
+    from mindsearch.data.preprocess import load_split
+
+    if average not in AVERAGING:
+        raise MindsearchError(f"unknown averaging {average!r}; choose one of {AVERAGING}")
+    subject = run.subject if subject is None else subject
+    split = load_split(ds, subject, "test", zscore=True,
+                       average="betas" if average == "betas" else "none")
+
+    def encode(voxels):
+        return run.encode(voxels, subject=subject, zscore=False)[embedding]
+
+    if average == "betas":
+        return encode(split.voxels), split.image_ids
+    ids = np.asarray([split.image_ids[g[0]] for g in split.groups])
+    if average == "single":
+        return encode(split.voxels[[g[0] for g in split.groups]]), ids
+    return average_by_group(encode(split.voxels), split.groups), ids
+
+
+def ceiling(ds, subject: int, average: str) -> dict:
+    """The simulator's Bayes ceiling for this subject's test set, if the dataset has one."""
+    gt_path = Path(ds.root) / "ground_truth.json"
+    if not gt_path.is_file():
+        return {}
+    gt = json.loads(gt_path.read_text())
+    entry = gt.get("subjects", {}).get(str(subject), {})
+    mode = entry.get("single_trial" if average == "single" else "average_betas", {})
+    return {f"ceiling_{k}": v for k, v in mode.items() if k.endswith("top1")}
+
+
+def evaluate_run(run_path, data=None, *, average: str = "betas", pool: int = 300,
+                 loops: int = 30, seed: int = 42, subject: int | None = None,
+                 embedding: str = "disjointed") -> dict:
+    from mindsearch.data import open_dataset
+    from mindsearch.runs import open_run
+
+    run = open_run(run_path)
+    data = data or run.config.get("data", {}).get("path")
+    if not data:
+        raise MindsearchError("run records no dataset; pass --data", run_path)
+    with open_dataset(data) as ds:
+        subject = run.subject if subject is None else subject
+        brain, ids = test_embeddings(run, ds, average, embedding, subject)
+        images = ds.targets(ids)
+        scores = retrieval_scores(brain, images, pool=pool, loops=loops, seed=seed)
+        scores.update(ceiling(ds, subject, average))
+        if ds.fingerprint() != run.config.get("data", {}).get("fingerprint"):
+            scores["warning"] = "dataset fingerprint differs from the one the run was trained on"
+    scores.update({"run": str(run_path), "model": run.model_type, "subject": subject,
+                   "average": average, "embedding": embedding, "space": run.space})
+    return scores

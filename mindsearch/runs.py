@@ -1,0 +1,160 @@
+"""Trained runs: a directory with config.json, model.safetensors and zscore.safetensors.
+
+``open_run`` reads any model type through one interface, so evaluation, ``embed`` and
+``query`` work the same for ridge and the MindEye-style encoder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mindsearch.errors import MindsearchError
+from mindsearch.io import load_tensors, read_json
+
+RUN_FORMAT = "mindsearch-run/1"
+
+# model type -> "module:callable(run_dir, config) -> encoder with .encode(voxels, subject)"
+ENCODERS = {
+    "ridge": "mindsearch.ridge:RidgeEncoder.load",
+    "mindeye": "mindsearch.models.encoder:load_run_encoder",
+}
+
+
+def _resolve(target: str):
+    module, attr = target.split(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class ZScore:
+    """Per-session training statistics, plus pooled ones for voxels of unknown session."""
+
+    sessions: list[int]
+    mean: np.ndarray  # (S, V)
+    std: np.ndarray  # (S, V)
+    global_mean: np.ndarray  # (V,)
+    global_std: np.ndarray  # (V,)
+
+    def apply(self, voxels: np.ndarray, session: int | None = None) -> np.ndarray:
+        if session is not None and session in self.sessions:
+            i = self.sessions.index(session)
+            mean, std = self.mean[i], self.std[i]
+        else:
+            mean, std = self.global_mean, self.global_std
+        return ((np.asarray(voxels, dtype=np.float32) - mean) / std).astype(np.float32)
+
+    def to_tensors(self) -> dict:
+        return {"sessions": np.asarray(self.sessions, dtype=np.int64), "mean": self.mean,
+                "std": self.std, "global_mean": self.global_mean, "global_std": self.global_std}
+
+    @classmethod
+    def from_tensors(cls, t: dict) -> "ZScore":
+        return cls([int(s) for s in t["sessions"]], t["mean"], t["std"], t["global_mean"],
+                   t["global_std"])
+
+    @classmethod
+    def from_split(cls, z) -> "ZScore":
+        """From the data layer's ZScore (mindsearch.data.preprocess) or this class."""
+        return cls([int(s) for s in z.sessions], np.asarray(z.mean, np.float32),
+                   np.asarray(z.std, np.float32), np.asarray(z.global_mean, np.float32),
+                   np.asarray(z.global_std, np.float32))
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    _encoder: object = field(default=None, repr=False)
+    _zscore: ZScore | None = field(default=None, repr=False)
+
+    @property
+    def model_type(self) -> str:
+        return self.config["model"]
+
+    @property
+    def subject(self) -> int:
+        return int(self.config["subject"])
+
+    @property
+    def subjects(self) -> dict[int, int]:
+        """subject -> voxel count for every subject the run can encode."""
+        subs = self.config.get("subjects") or {str(self.subject): self.config["n_voxels"]}
+        return {int(k): int(v) for k, v in subs.items()}
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.config["n_voxels"])
+
+    @property
+    def space(self) -> dict:
+        return self.config.get("space") or {}
+
+    @property
+    def zscore(self) -> ZScore | None:
+        if self._zscore is None and (self.path / "zscore.safetensors").is_file():
+            self._zscore = ZScore.from_tensors(load_tensors(self.path / "zscore.safetensors"))
+        return self._zscore
+
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = _resolve(ENCODERS[self.model_type])(self.path, self.config)
+        return self._encoder
+
+    def check_voxels(self, voxels: np.ndarray, subject: int | None, source: str | Path) -> int:
+        """Validate a voxel array against the run before anything runs; return the subject."""
+        subject = self.subject if subject is None else int(subject)
+        subs = self.subjects
+        if subject not in subs:
+            raise MindsearchError(
+                f"run {self.path} has no subject {subject} (it knows {sorted(subs)})", source)
+        voxels = np.asarray(voxels)
+        if voxels.ndim == 1:
+            voxels = voxels[None]
+        if voxels.ndim != 2:
+            raise MindsearchError(f"expected (trials, voxels), got shape {voxels.shape}", source)
+        if voxels.shape[1] != subs[subject]:
+            raise MindsearchError(
+                f"has {voxels.shape[1]} voxels per trial but subject {subject} of run "
+                f"{self.path.name} has {subs[subject]}", source)
+        if not np.issubdtype(voxels.dtype, np.floating):
+            raise MindsearchError(f"voxels must be floating point, got {voxels.dtype}", source)
+        if not np.isfinite(voxels).all():
+            bad = int((~np.isfinite(voxels)).any(axis=1).sum())
+            raise MindsearchError(f"{bad} trial(s) contain NaN or Inf voxels", source)
+        return subject
+
+    def encode(self, voxels: np.ndarray, *, subject: int | None = None, session: int | None = None,
+               zscore: bool = True) -> dict:
+        voxels = np.asarray(voxels, dtype=np.float32)
+        if voxels.ndim == 1:
+            voxels = voxels[None]
+        subject = self.subject if subject is None else int(subject)
+        if zscore:
+            if self.zscore is None:
+                raise MindsearchError("run has no zscore.safetensors; pass already z-scored "
+                                      "voxels with zscore=False", self.path)
+            if subject == self.subject:
+                voxels = self.zscore.apply(voxels, session)
+        return self.encoder().encode(voxels, subject)
+
+
+def open_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise MindsearchError("run directory not found", path)
+    config = read_json(path / "config.json")
+    if config.get("format") != RUN_FORMAT:
+        raise MindsearchError(f"not a mindsearch run (format {config.get('format')!r}, "
+                              f"expected {RUN_FORMAT!r})", path / "config.json")
+    if config.get("model") not in ENCODERS:
+        raise MindsearchError(f"unknown model type {config.get('model')!r}", path / "config.json")
+    if not (path / "model.safetensors").is_file():
+        raise MindsearchError("run has no model.safetensors (training unfinished?)", path)
+    return Run(path, config)

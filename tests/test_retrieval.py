@@ -1,0 +1,74 @@
+"""The retrieval protocol on hand-checkable cases."""
+
+import numpy as np
+import pytest
+
+from eval.retrieval import retrieval_scores, top1_in_pool, topk_full_pool, normalise
+from indexes.errors import InputError
+
+
+def test_identity_embeddings_score_100_percent():
+    x = np.random.default_rng(0).normal(size=(500, 3, 8))
+    s = retrieval_scores(x, x.copy())
+    assert s["brain_to_image_top1"] == 1.0
+    assert s["image_to_brain_top1"] == 1.0
+    assert s["full_pool_brain_to_image_top1"] == 1.0
+    assert s["brain_to_image_top1_ci95"] == 0.0
+    assert (s["pool"], s["loops"], s["seed"], s["n"]) == (300, 30, 42, 500)
+
+
+def test_shuffled_pairs_score_near_chance():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1000, 64))
+    y = x[rng.permutation(1000)]
+    s = retrieval_scores(x, y)
+    # chance is 1/300; 30 loops × 300 items = 9000 trials -> mean well under 2%.
+    assert s["brain_to_image_top1"] < 0.02
+    assert s["image_to_brain_top1"] < 0.02
+
+
+def test_directions_are_not_swapped():
+    # Every brain sample leans towards image 0. Brain->image: each brain sample picks image 0,
+    # so only item 0 is right. Image->brain: image k>0 is only present in brain k, so each
+    # image finds its own brain sample.
+    n = 300
+    images = np.eye(n, dtype=np.float32)
+    brain = np.eye(n, dtype=np.float32) * 0.5
+    brain[:, 0] = 1.0
+    s = retrieval_scores(brain, images, pool=n, loops=1)
+    assert s["brain_to_image_top1"] == pytest.approx(1 / n)
+    assert s["image_to_brain_top1"] == pytest.approx(1.0)
+    assert s["mindeye_fwd"] == s["image_to_brain_top1"]
+    assert s["mindeye_bwd"] == s["brain_to_image_top1"]
+
+
+def test_pools_match_mindeye2_sampler():
+    # MindEye2: seed_everything(42) then np.random.choice(n, 300, replace=False) per loop.
+    np.random.seed(42)
+    expected = [np.random.choice(1000, 300, replace=False) for _ in range(3)]
+    rs = np.random.RandomState(42)
+    got = [rs.choice(1000, 300, replace=False) for _ in range(3)]
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hand_computed_pool():
+    # 3 items; brain 2 is closer to image 1 than to image 2.
+    images = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    brain = np.array([[1, 0.1], [0.1, 1], [0.05, 1]], dtype=np.float32)
+    sim = normalise(brain) @ normalise(images).T
+    assert top1_in_pool(sim).tolist() == [True, True, False]
+    s = retrieval_scores(brain, images, pool=3, loops=5)
+    assert s["brain_to_image_top1"] == pytest.approx(2 / 3)
+    assert topk_full_pool(normalise(brain), normalise(images), 2) == 1.0
+
+
+def test_mismatched_inputs_are_rejected():
+    with pytest.raises(InputError, match="rows"):
+        retrieval_scores(np.ones((4, 3)), np.ones((5, 3)))
+    with pytest.raises(InputError, match="same embedding space"):
+        retrieval_scores(np.ones((4, 3)), np.ones((4, 2)))
+    bad = np.ones((4, 3))
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        retrieval_scores(bad, np.ones((4, 3)))
