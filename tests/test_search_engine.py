@@ -1,0 +1,214 @@
+"""The search engine as users drive it: index build, query, brain retrieval, through the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+TINY_SIM = dict(n_voxels=120, n_shared=60, n_unique=90, trials_per_session=150, image_size=32,
+                tokens=3, dim=16, mc_min_draws=10, mc_max_draws=40)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def picture_folder(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        arr = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:02d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    cfg = tmp_path_factory.mktemp("cfg") / "mindsearch-test-engine-vit.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    return folder, cfg
+
+
+@pytest.fixture(scope="module")
+def sim_world(tmp_path_factory):
+    from mindsearch.simulate import simulate
+    from training.ridge import train_ridge
+
+    root = tmp_path_factory.mktemp("world")
+    data = simulate(root / "data", "small", seed=3, **TINY_SIM)
+    train_ridge(data, 1, root / "ridge")
+    return root, data
+
+
+def test_build_and_query_folder_matches_brute_force(picture_folder, tmp_path):
+    folder, cfg = picture_folder
+    root = tmp_path / "idx"
+    res = run_cli("index", "build", "--images", folder, "--model", cfg, "--weights", "random:0",
+                  "--name", "pics", "--root", root, "--shard-size", "5", "--json")
+    assert res.exit_code == 0, res.output
+    info = json_lines(res.stdout)[-1]
+    assert info["count"] == 12
+    assert [Path(s["path"]).name for s in info["skipped"]] == ["broken.png"]
+
+    # Embed the same pictures by hand and query with them: exact search = numpy brute force.
+    from mindsearch.image_encoders import ImageEncoder, embed_images
+    from mindsearch.image_sources import FolderSource
+
+    enc = ImageEncoder.create(cfg, weights="random:0")
+    keys, embs = [], []
+    for records, emb in embed_images(FolderSource(folder), enc, progress=False):
+        keys += [r.key for r in records]
+        embs.append(emb[:, 0])
+    embs = np.concatenate(embs)
+    np.save(tmp_path / "q.npy", embs[:3])
+    res = run_cli("query", "--embedding", tmp_path / "q.npy", "--index", "pics", "--root", root,
+                  "--k", "4", "--json")
+    assert res.exit_code == 0, res.output
+    hits = json_lines(res.stdout)
+    assert len(hits) == 12 and {"rank", "id", "path", "score", "index", "index_version", "run"} <= set(hits[0])
+    unit = embs / np.linalg.norm(embs, axis=1, keepdims=True)
+    sims = unit[:3] @ unit.T
+    for q in range(3):
+        block = hits[q * 4:(q + 1) * 4]
+        expect = np.argsort(-sims[q])[:4]
+        assert [Path(h["path"]).name for h in block] == [Path(keys[j]).name for j in expect]
+        np.testing.assert_allclose([h["score"] for h in block], sims[q, expect], atol=1e-5)
+    assert Path(hits[0]["path"]).name == Path(keys[0]).name  # each image finds itself first
+
+
+def test_strict_build_fails_naming_the_file(picture_folder, tmp_path):
+    folder, cfg = picture_folder
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "index", "build", "--images", str(folder),
+                           "--model", str(cfg), "--weights", "random:0", "--name", "pics",
+                           "--root", str(tmp_path), "--strict"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupted_build_resumes_without_duplicates(picture_folder, tmp_path, monkeypatch):
+    from indexes.collection import Collection
+    from mindsearch.engine import Engine
+
+    folder, cfg = picture_folder
+    engine = Engine(tmp_path)
+    real_finish = Collection.finish_shard
+    calls = {"n": 0}
+
+    def crash_on_second(self, shard_id):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash mid-build")
+        return real_finish(self, shard_id)
+
+    monkeypatch.setattr(Collection, "finish_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        engine.build_from_images("pics", folder, model=str(cfg), weights="random:0", shard_size=5)
+    monkeypatch.setattr(Collection, "finish_shard", real_finish)
+    assert len(engine.open("pics").finished_shards) == 1
+    info = engine.build_from_images("pics", folder, model=str(cfg), weights="random:0", shard_size=5)
+    assert info["count"] == 12
+    keys = engine.open("pics").table.to_arrow().column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_voxel_query_finds_images_and_attributes_results(sim_world, tmp_path):
+    root, data = sim_world
+    idx = tmp_path / "idx"
+    res = run_cli("index", "build", "--data", data, "--name", "sim", "--root", idx, "--json")
+    assert res.exit_code == 0, res.output
+    from mindsearch.data import open_dataset
+    from mindsearch.data.preprocess import load_split
+
+    with open_dataset(data) as ds:
+        test = load_split(ds, 1, "test", zscore=False, average="betas")
+        np.save(tmp_path / "q.npy", test.voxels[:5])  # averaged raw betas of 5 test images
+        truth = test.image_ids[:5]
+    res = run_cli("query", "--voxels", tmp_path / "q.npy", "--run", root / "ridge", "--index", "sim",
+                  "--root", idx, "--k", "16", "--json")
+    assert res.exit_code == 0, res.output
+    hits = json_lines(res.stdout)
+    assert len(hits) == 5 * 16
+    assert all(h["run"] == str(root / "ridge") and h["index"] == "sim" for h in hits)
+    found = sum(any(h["id"] == t for h in hits[i * 16:(i + 1) * 16]) for i, t in enumerate(truth))
+    assert found >= 2  # ridge is far above chance (16/150 per query) on averaged betas
+    # The human table prints too.
+    res = run_cli("query", "--voxels", tmp_path / "q.npy", "--run", root / "ridge", "--root", idx, "--k", "3")
+    assert res.exit_code == 0 and "rank" in res.stdout
+
+
+@pytest.mark.parametrize("problem", ["count", "nan", "int"])
+def test_bad_voxels_rejected_before_anything_runs(sim_world, tmp_path, problem):
+    root, data = sim_world
+    x = np.zeros((2, 120), np.float32)
+    if problem == "count":
+        x = np.zeros((2, 119), np.float32)
+    elif problem == "nan":
+        x[1, 5] = np.nan
+    elif problem == "int":
+        x = x.astype(np.int64)
+    np.save(tmp_path / "bad.npy", x)
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "query", "--voxels", str(tmp_path / "bad.npy"),
+                           "--run", str(root / "ridge"), "--index", "whatever", "--root", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "bad.npy" in proc.stderr and "Traceback" not in proc.stderr
+    assert {"count": "119 voxels", "nan": "NaN", "int": "floating"}[problem] in proc.stderr
+
+
+def test_run_and_index_from_different_spaces_are_refused(sim_world, picture_folder, tmp_path):
+    root, data = sim_world
+    folder, cfg = picture_folder
+    assert run_cli("index", "build", "--images", folder, "--model", cfg, "--weights", "random:0",
+                   "--name", "pics", "--root", tmp_path).exit_code == 0
+    np.save(tmp_path / "q.npy", np.zeros((1, 120), np.float32))
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "query", "--voxels", str(tmp_path / "q.npy"),
+                           "--run", str(root / "ridge"), "--index", "pics", "--root", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "cannot be compared" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_brain_store_and_brain_retrieval(sim_world, tmp_path):
+    root, data = sim_world
+    idx = tmp_path / "idx"
+    assert run_cli("index", "build", "--data", data, "--name", "sim", "--root", idx).exit_code == 0
+    from mindsearch.data import open_dataset
+    from mindsearch.data.preprocess import load_split
+
+    with open_dataset(data) as ds:
+        test = load_split(ds, 1, "test", zscore=True, average="betas")
+    np.save(tmp_path / "z.npy", test.voxels)
+    res = run_cli("embed", "--run", root / "ridge", "--voxels", tmp_path / "z.npy", "--no-zscore",
+                  "--out", tmp_path / "e.npz", "--store", "brains", "--root", idx)
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as f:
+        brain = f["disjointed"]
+    assert brain.shape == (len(test.voxels), 3, 16)
+    with open_dataset(data) as ds:
+        image = ds.targets(test.image_ids[:1])
+    # Brain retrieval from image 0's stored embedding = numpy brute force over the stored rows.
+    res = run_cli("query", "--image", str(int(test.image_ids[0])), "--index", "sim", "--store", "brains",
+                  "--root", idx, "--k", "10", "--json")
+    assert res.exit_code == 0, res.output
+    hits = json_lines(res.stdout)
+    assert len(hits) == 10 and hits[0]["store"] == "brains"
+    assert [h["rank"] for h in hits] == list(range(1, 11))
+    unit = lambda x: x.reshape(len(x), -1) / np.linalg.norm(x.reshape(len(x), -1), axis=1, keepdims=True)  # noqa: E731
+    sims = (unit(image) @ unit(brain).T)[0]
+    assert [h["row"] for h in hits] == list(np.argsort(-sims)[:10])
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(sims)[::-1][:10], atol=1e-5)
