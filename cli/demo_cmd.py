@@ -94,11 +94,10 @@ def _train_encoder(data, out, seed):
     if importlib.util.find_spec("training.trainer") is None:
         return None
     from eval.run_eval import evaluate_run
-    from training.trainer import train_from_cli
+    from training.entry import train_encoder
 
     t = time.perf_counter()
-    train_from_cli(data=data, subject=1, preset="tiny", out=out / "runs" / "mindeye-tiny", seed=seed,
-                   progress=say)
+    train_encoder(data, 1, out / "runs" / "mindeye-tiny", preset="tiny", seed=seed, progress=say)
     seconds = time.perf_counter() - t
     say(f"[3] tiny MindEye-style encoder trained in {seconds:.1f}s")
     return seconds, evaluate_run(out / "runs" / "mindeye-tiny", data)

@@ -9,7 +9,7 @@ from cli.common import emit_json, parse_ints, say
 
 @click.command()
 @click.option("--data", required=True, type=click.Path(), help="Dataset directory (any supported layout).")
-@click.option("--subject", type=int, required=True, help="Subject to train (1-based, as in NSD).")
+@click.option("--subject", type=int, default=None, help="Subject to train (1-based, as in NSD).")
 @click.option("--subjects", default=None, help="With --pretrain: subjects to pretrain on, e.g. 2,5,7.")
 @click.option("--pretrain", is_flag=True, help="Shared-subject pretraining on --subjects (MindEye2).")
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
@@ -32,17 +32,21 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
     """Train a brain encoder on one subject and write a run directory (safetensors + JSON)."""
     sessions = parse_ints(sessions)
     if model == "ridge":
+        if subject is None:
+            from mindsearch.errors import MindsearchError
+
+            raise MindsearchError("--subject is required")
         from training.ridge import train_ridge
 
         summary = train_ridge(data, subject, out, average=average or "betas", sessions=sessions,
                               alpha=alpha, seed=seed, progress=say)
     else:
-        from training.trainer import train_from_cli
+        from training.entry import train_encoder
 
-        summary = train_from_cli(data=data, subject=subject, subjects=parse_ints(subjects),
-                                 pretrain=pretrain, from_run=from_run, preset=preset,
-                                 sessions=sessions, epochs=epochs, batch_size=batch_size,
-                                 device=device, seed=seed, resume=resume, out=out, progress=say)
+        summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
+                                from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
+                                batch_size=batch_size, device=device, seed=seed, resume=resume,
+                                progress=say)
     if as_json:
         emit_json(summary)
     else:

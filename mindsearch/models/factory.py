@@ -1,0 +1,144 @@
+"""Presets, the one model factory, and the safetensors + config.json round trip.
+
+A preset (``configs/{tiny,light,paper}.json``) is plain data. ``resolve_config`` fills in what
+comes from the data (voxel counts per subject; ``tokens``/``dim`` from the target embeddings)
+and which heads are on, giving the config that exactly describes a built model. That resolved
+config is what ``save_pretrained`` writes, so ``from_pretrained`` rebuilds the same modules.
+
+``paper`` = MindEye1's sizes (hidden 4096, 257x768 ViT-L/14 tokens; 947.6 M parameters for
+backbone + projector at 15,724 voxels); never build it for real on a CPU: count it on the meta
+device with ``count_parameters``. ``light`` is the CPU preset (hidden 1024); ``tiny`` is for tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from mindsearch.errors import MindsearchError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PRESETS = ("tiny", "light", "paper")
+RUN_FORMAT = "mindsearch-run/1"
+
+
+def load_preset(config: str | Path | dict) -> dict:
+    """A preset name, a path to a JSON config, or a dict (copied)."""
+    if isinstance(config, dict):
+        return copy.deepcopy(config)
+    text = str(config)
+    path = CONFIG_DIR / f"{text}.json" if text in PRESETS else Path(text)
+    if not path.is_file():
+        raise MindsearchError(f"unknown model config (presets: {', '.join(PRESETS)})", path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MindsearchError(f"not valid JSON ({exc})", path) from None
+
+
+def resolve_config(
+    config: str | Path | dict,
+    n_voxels: dict[int, int],
+    tokens: int | None = None,
+    dim: int | None = None,
+    use_projector: bool | None = None,
+    use_prior: bool | None = None,
+    use_lowlevel: bool | None = None,
+) -> dict:
+    cfg = load_preset(config)
+    cfg.pop("train", None)  # training defaults are not architecture
+    if tokens is not None:
+        cfg["tokens"] = int(tokens)
+    if dim is not None:
+        cfg["dim"] = int(dim)
+    if not cfg.get("tokens") or not cfg.get("dim"):
+        raise MindsearchError("the model needs tokens and dim (take them from the target embeddings)")
+    if not n_voxels:
+        raise MindsearchError("the model needs at least one subject's voxel count")
+    cfg["n_voxels"] = {str(int(s)): int(v) for s, v in sorted(n_voxels.items())}
+    for part, flag in (("projector", use_projector), ("prior", use_prior), ("lowlevel", use_lowlevel)):
+        section = cfg.get(part)
+        on = bool(section) and section.get("enabled", True) if flag is None else bool(flag)
+        if on and not section:
+            raise MindsearchError(f"config {cfg.get('name')!r} has no {part} section to enable")
+        if on:
+            section = dict(section)
+            section.pop("enabled", None)
+            cfg[part] = section
+        else:
+            cfg[part] = None
+    return cfg
+
+
+def create_model(config, n_voxels: dict[int, int], tokens: int | None = None, dim: int | None = None,
+                 use_projector: bool | None = None, use_prior: bool | None = None,
+                 use_lowlevel: bool | None = None, device=None):
+    """Build a ``MindEyeModel``. ``device="meta"`` allocates nothing (for counting paper size)."""
+    import torch
+
+    from mindsearch.models.encoder import MindEyeModel
+
+    cfg = resolve_config(config, n_voxels, tokens, dim, use_projector, use_prior, use_lowlevel)
+    if device is None:
+        return MindEyeModel(cfg)
+    with torch.device(device):
+        return MindEyeModel(cfg)
+
+
+def count_parameters(model_or_config, n_voxels: dict[int, int] | None = None, parts=None, **kw) -> int:
+    """Parameters of a model, or of a config built on the meta device; ``parts``: submodule names
+    (e.g. ``("adapters", "backbone", "projector")``), default all."""
+    model = model_or_config
+    if not hasattr(model, "parameters"):
+        model = create_model(model_or_config, n_voxels, device="meta", **kw)
+    if parts is None:
+        return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for name in parts if getattr(model, name, None) is not None
+               for p in getattr(model, name).parameters())
+
+
+def save_pretrained(model, directory: str | Path, extra_config: dict | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (the resolved model config, or a run config that
+    carries it under ``"mindeye"`` when ``extra_config`` is a run record)."""
+    from mindsearch.io import save_tensors, write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
+    save_tensors(directory / "model.safetensors", state, {"format": "mindeye"})
+    if extra_config is not None:
+        record = dict(extra_config)
+        record["mindeye"] = model.config
+    else:
+        record = model.config
+    write_json(directory / "config.json", record)
+
+
+def model_config_of(record: dict, path=None) -> dict:
+    if record.get("format") == RUN_FORMAT:
+        if record.get("model") != "mindeye" or "mindeye" not in record:
+            raise MindsearchError(f"not a mindeye run (model {record.get('model')!r})", path)
+        return record["mindeye"]
+    return record
+
+
+def from_pretrained(directory: str | Path, device: str = "cpu"):
+    import torch
+
+    from mindsearch.io import load_tensors, read_json
+    from mindsearch.models.encoder import MindEyeModel
+
+    directory = Path(directory)
+    cfg = model_config_of(read_json(directory / "config.json"), directory / "config.json")
+    model = MindEyeModel(cfg)
+    arrays = load_tensors(directory / "model.safetensors")
+    state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MindsearchError(
+            f"weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})",
+            directory / "model.safetensors",
+        )
+    return model.to(device).eval()

@@ -1,0 +1,31 @@
+"""The retrieval head: a per-token MLP producing MindEye's "disjointed" CLIP-fMRI embeddings.
+
+Contrastive losses only constrain direction, so these embeddings retrieve well but live off the
+CLIP manifold (hence "disjointed"); the diffusion prior produces the "aligned" ones. Keeping the
+contrastive loss on this head, not on the backbone the prior reads, is MindEye's fix for the
+retrieval/reconstruction trade-off (paper Table 4).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Projector(nn.Module):
+    def __init__(self, dim: int, hidden: int = 2048):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.GELU(),
+            nn.Linear(dim, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens)

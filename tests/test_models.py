@@ -1,0 +1,175 @@
+"""Model shapes (tiny preset), paper-size parameter count (meta device), save/load, adapters, prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mindsearch.errors import MindsearchError  # noqa: E402
+from mindsearch.models import count_parameters, create_model, from_pretrained  # noqa: E402
+from mindsearch.models.encoder import load_run_encoder  # noqa: E402
+from mindsearch.models.factory import RUN_FORMAT  # noqa: E402
+
+T, D = 3, 16
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return create_model("tiny", {1: 40, 2: 30}, tokens=T, dim=D, **kw)
+
+
+def test_forward_shapes_every_head():
+    model = _tiny(use_lowlevel=True)
+    x1, x2 = torch.randn(4, 40), torch.randn(2, 30)
+    out = model(x1, 1, targets=torch.randn(4, T, D))
+    assert out["backbone"].shape == (4, T, D)
+    assert out["disjointed"].shape == (4, T, D)
+    assert out["features"].shape == (4, model.config["hidden"])
+    assert out["lowlevel"].shape == (4, 4, 8, 8)  # tiny: 8x4x4 map -> 4x8x8 latent
+    assert out["lowlevel_aux"].shape == (4, 16, 4, 4)
+    assert out["prior_loss"].ndim == 0 and out["prior_x0"].shape == (4, T, D)
+    both = model([x1, x2], [1, 2])  # multi-subject batch: concatenated after the adapters
+    assert both["disjointed"].shape == (6, T, D)
+
+
+def test_modules_standalone():
+    from mindsearch.models.backbone import Backbone
+    from mindsearch.models.lowlevel import LowLevelHead
+    from mindsearch.models.projector import Projector
+
+    bb = Backbone(hidden=32, tokens=5, dim=8, n_blocks=4)
+    tokens, feats = bb(torch.randn(3, 32))
+    assert tokens.shape == (3, 5, 8) and feats.shape == (3, 32)
+    assert Projector(8, hidden=24)(tokens).shape == (3, 5, 8)
+    low = LowLevelHead(32, channels=8, size=4, latent_size=16, decoder_channels=(16, 8, 8), aux_dim=12)
+    lat, aux = low(feats)
+    assert lat.shape == (3, 4, 16, 16) and aux.shape == (3, 12, 4, 4)
+    with pytest.raises(ValueError):
+        LowLevelHead(32, size=4, latent_size=12, decoder_channels=(8, 8))
+
+
+def test_heads_can_be_switched_off():
+    model = _tiny(use_prior=False, use_projector=False)
+    assert model.prior is None and model.projector is None and model.config["prior"] is None
+    out = model(torch.randn(2, 40), 1, targets=torch.randn(2, T, D))
+    assert "prior_loss" not in out
+    assert torch.equal(out["disjointed"], out["backbone"])
+
+
+def test_paper_parameter_count_on_meta_device():
+    # MindEye1 at 15,724 voxels: backbone + projector = 947.6 M (ANCHORS 2.2). Nothing is allocated.
+    n = count_parameters("paper", {1: 15724}, parts=("adapters", "backbone", "projector"))
+    assert n == 947_579_904
+    model = create_model("paper", {1: 15724}, device="meta")
+    assert model.backbone.to_tokens.weight.is_meta
+    assert sum(p.numel() for p in model.backbone.to_tokens.parameters()) == 808_649_472
+
+
+def test_config_needs_target_shape():
+    with pytest.raises(MindsearchError):
+        create_model("tiny", {1: 10})
+    with pytest.raises(MindsearchError):
+        create_model("no-such-preset", {1: 10}, tokens=1, dim=2)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    model = _tiny().eval()
+    model.prior.set_embed_scale(torch.randn(10, T, D) * 3)
+    model.save_pretrained(tmp_path / "m")
+    loaded = from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    x = torch.randn(3, 30)
+    with torch.no_grad():
+        assert torch.equal(model(x, 2)["disjointed"], loaded(x, 2)["disjointed"])
+
+
+def test_new_subject_adapter_trains_only_itself():
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.add_subject(5, 25)
+    new_w = model.adapters.linears["subj05"].weight.detach().clone()
+    assert model.subjects == [1, 2, 5] and model.config["n_voxels"]["5"] == 25
+    names = model.train_only([5])
+    assert names and all(n.startswith("adapters.linears.subj05.") for n in names)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        out = model(torch.randn(8, 25), 5, targets=torch.randn(8, T, D))
+        loss = out["disjointed"].pow(2).mean() + out["prior_loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{k} changed"
+    assert not torch.equal(after["adapters.linears.subj05.weight"], new_w)  # the new adapter did learn
+    # Fine-tuning everything again is one call away.
+    model.train_only([1, 2, 5])
+    model.requires_grad_(True)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_prior_sample_shape_strided_and_deterministic():
+    model = _tiny().eval()
+    cond = model(torch.randn(3, 40), 1)["backbone"]
+    a = model.prior.sample(cond, generator=torch.Generator().manual_seed(1))
+    b = model.prior.sample(cond, steps=20, generator=torch.Generator().manual_seed(1))
+    c = model.prior.sample(cond, steps=20, generator=torch.Generator().manual_seed(1))
+    g = model.prior.sample(cond, steps=5, cond_scale=2.0, generator=torch.Generator().manual_seed(1))
+    assert a.shape == b.shape == g.shape == (3, T, D)
+    assert torch.equal(b, c) and torch.isfinite(a).all() and torch.isfinite(g).all()
+    with pytest.raises(ValueError):
+        model.prior.sample(cond, steps=101)
+
+
+def test_prior_training_reduces_mse():
+    from mindsearch.models.prior import DiffusionPrior
+
+    torch.manual_seed(0)
+    prior = DiffusionPrior(tokens=2, dim=8, depth=1, heads=2, dim_head=8, embed_scale="auto")
+    cond = torch.randn(16, 2, 8)
+    target = cond @ torch.randn(8, 8) * 0.3  # a learnable map from condition to target
+    prior.set_embed_scale(target)
+    opt = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+
+    def eval_mse():
+        torch.manual_seed(123)  # same timesteps/noise each time
+        with torch.no_grad():
+            return float(prior.loss(cond, target)[0])
+
+    start = eval_mse()
+    torch.manual_seed(1)
+    for _ in range(400):
+        loss, _ = prior.loss(cond, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = eval_mse()
+    assert end < 0.5 * start
+    sample = prior.eval().sample(cond, steps=20, generator=torch.Generator().manual_seed(0))
+    err_own = float((sample - target).pow(2).mean())
+    err_other = float((sample - target.roll(1, 0)).pow(2).mean())
+    # Samples follow their condition: nearer their own target than zero or another row's target.
+    assert err_own < float(target.pow(2).mean()) and err_own < err_other
+
+
+def test_run_encoder(tmp_path):
+    model = _tiny()
+    record = {"format": RUN_FORMAT, "model": "mindeye", "subject": 1, "train": {"prior_sample_steps": 10}}
+    model.save_pretrained(tmp_path, extra_config=record)
+    enc = load_run_encoder(tmp_path, {**record, "mindeye": model.config})
+    x = np.random.default_rng(0).standard_normal((5, 40)).astype(np.float32)
+    out = enc.encode(x, 1)
+    assert set(out) == {"disjointed", "backbone", "aligned"}
+    assert all(v.shape == (5, T, D) and v.dtype == np.float32 for v in out.values())
+    again = enc.encode(x, 1)
+    assert np.array_equal(out["aligned"], again["aligned"])  # fixed generator
+    enc.batch_size = 2  # batching does not change the deterministic heads
+    assert np.allclose(enc.encode(x, 1)["disjointed"], out["disjointed"], atol=1e-6)
+    with pytest.raises(MindsearchError):
+        enc.encode(x, 3)
+    with pytest.raises(MindsearchError):
+        enc.encode(x[:, :10], 1)
