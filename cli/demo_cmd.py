@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import pct, say, table
+from cli.common import peak_rss_mib, pct, say, table
 
 MARKER = "demo.json"
 
@@ -71,7 +71,7 @@ def demo(out, seed, skip_encoder):
     search = _search(data, out, results)
     summary = {"data": str(data), "runs": str(out / "runs"), "results": results,
                "stages_seconds": stages, "search": search,
-               "seconds": time.perf_counter() - t_start, "peak_rss_mib": _peak_rss_mib()}
+               "seconds": time.perf_counter() - t_start, "peak_rss_mib": peak_rss_mib()}
     write_json(out / MARKER, summary)
 
     click.echo("")
@@ -156,13 +156,3 @@ def _search(data, out, results):
             "hits": [h.as_dict() for h in hits], "brain_hits": brain, "seconds": seconds,
             "median_rank": float(np.median(ranks)),
             "top16_fraction": float(np.mean(np.asarray(ranks) <= 16))}
-
-
-def _peak_rss_mib() -> float:
-    import resource
-    import sys
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) * scale / (1 << 20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import emit_json, parse_ints, say
+from cli.common import emit_json, parse_ints, peak_rss_mib, say
 
 
 @click.command()
@@ -26,9 +26,11 @@ from cli.common import emit_json, parse_ints, say
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--out", required=True, type=click.Path(), help="Run directory to write.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a training setting, e.g. --set use_prior=false --set loss=clip (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, epochs, batch_size,
-          average, alpha, device, seed, resume, out, as_json):
+          average, alpha, device, seed, resume, out, settings, as_json):
     """Train a brain encoder on one subject and write a run directory (safetensors + JSON)."""
     sessions = parse_ints(sessions)
     if model == "ridge":
@@ -46,8 +48,25 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
         summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
                                 from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
                                 batch_size=batch_size, device=device, seed=seed, resume=resume,
-                                progress=say)
+                                progress=say, **parse_settings(settings))
+    say(f"peak memory {peak_rss_mib():.0f} MiB")
     if as_json:
         emit_json(summary)
     else:
         say(f"run written to {out}")
+
+
+def parse_settings(settings) -> dict:
+    """KEY=VALUE pairs; values are JSON when they parse (true, 3, 0.5), else strings."""
+    import json
+
+    out = {}
+    for item in settings:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

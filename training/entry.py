@@ -34,6 +34,13 @@ def train_encoder(data, subject: int | None = None, out=None, *, subjects=None, 
         train_subjects = [subject] + [s for s in (subjects or []) if s != subject]
     if from_run is not None and not (Path(from_run) / "model.safetensors").is_file():
         raise MindsearchError("not a trained run (no model.safetensors)", from_run)
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise MindsearchError(f"unknown training setting(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})")
     settings = dict(overrides)
     if epochs is not None:
         settings["epochs"] = epochs

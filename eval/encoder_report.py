@@ -1,0 +1,142 @@
+"""Tables and an HTML report (inline SVG, no plotting dependency) for the encoder benchmark."""
+
+from __future__ import annotations
+
+import html
+
+ROWS = [
+    ("main", "ridge", "ridge (Brain-Diffuser-style, all sessions)"),
+    ("main", "encoder", "MindEye-style encoder: BiMixCo→SoftCLIP, projector + prior"),
+    ("losses", "loss-clip", "Table 3: CLIP loss only (no prior)"),
+    ("losses", "loss-bimixco", "Table 3: BiMixCo only (no prior)"),
+    ("losses", "loss-bimixco_softclip", "Table 3: BiMixCo then SoftCLIP (no prior)"),
+    ("heads", "heads-backbone", "Table 4: backbone only"),
+    ("heads", "loss-bimixco_softclip", "Table 4: + projector"),
+    ("heads", "encoder", "Table 4: + projector + prior"),
+    ("fewshot", "fewshot-scratch", "few-shot: subject trained from scratch on session 1"),
+    ("fewshot", "fewshot-finetune", "few-shot: pretrained on other subjects, fine-tuned on session 1"),
+]
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _ceiling(results):
+    for r in results["runs"].values():
+        c = r["scores"]["betas"].get("ceiling_brain_to_image_top1")
+        if c is not None:
+            return c, r["scores"]["betas"].get("ceiling_image_to_brain_top1")
+    return None, None
+
+
+def table_rows(results):
+    rows = []
+    runs = results["runs"]
+    for part, name, label in ROWS:
+        if part not in results["parts"] or name not in runs:
+            continue
+        r = runs[name]
+        b, o = r["scores"]["betas"], r["scores"].get("outputs", {})
+        rows.append([label, _pct(b["brain_to_image_top1"]) + " ±" + _pct(b["brain_to_image_top1_ci95"]),
+                     _pct(b["image_to_brain_top1"]), _pct(o.get("brain_to_image_top1")),
+                     _pct(o.get("image_to_brain_top1")), f"{r['wall_s']:.0f}",
+                     "-" if r.get("samples_per_s") is None else f"{r['samples_per_s']:.0f}",
+                     "-" if r.get("peak_rss_mib") is None else f"{r['peak_rss_mib']:.0f}"])
+    c_b2i, c_i2b = _ceiling(results)
+    rows.append(["Bayes ceiling (simulator)", _pct(c_b2i), _pct(c_i2b), _pct(c_b2i), _pct(c_i2b), "", "", ""])
+    return rows
+
+
+HEADER = ["model", "b→i top-1 % (betas avg)", "i→b", "b→i (outputs avg)", "i→b", "train s", "samples/s",
+          "peak MiB"]
+
+
+def curve_points(results):
+    runs = results["runs"]
+    pts = {"ridge": [], "encoder": []}
+    sessions = sorted({int(n.rsplit("-", 1)[1]) for n in runs if n.startswith("curve-")})
+    for n in sessions:
+        for kind in pts:
+            r = runs.get(f"curve-{kind}-{n}")
+            if r:
+                pts[kind].append((n, r["scores"]["betas"]["brain_to_image_top1"]))
+    full = {"ridge": runs.get("ridge"), "encoder": runs.get("loss-bimixco_softclip")}
+    total = results.get("n_sessions")
+    for kind, r in full.items():
+        if r and total:
+            pts[kind].append((total, r["scores"]["betas"]["brain_to_image_top1"]))
+    return pts
+
+
+def render_table(results) -> str:
+    rows = table_rows(results)
+    widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(len(HEADER))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    lines = [fmt(HEADER), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    pts = curve_points(results)
+    if any(pts.values()):
+        lines.append("")
+        lines.append("learning curve (brain→image top-1 %, betas averaged) by training sessions:")
+        for kind, p in pts.items():
+            lines.append(f"  {kind:8s} " + "  ".join(f"{n}: {_pct(v)}" for n, v in p))
+        c, _ = _ceiling(results)
+        lines.append(f"  ceiling  {_pct(c)}")
+    return "\n".join(lines)
+
+
+def _svg_curve(results, width=560, height=320) -> str:
+    pts = curve_points(results)
+    c, _ = _ceiling(results)
+    xs = sorted({n for p in pts.values() for n, _ in p})
+    if not xs:
+        return ""
+    import math
+
+    left, right, top, bottom = 56, 20, 20, 44
+    lx = lambda n: left + (math.log(n) - math.log(xs[0])) / max(math.log(xs[-1]) - math.log(xs[0]), 1e-9) * (width - left - right)  # noqa: E731
+    ly = lambda v: top + (1 - v) * (height - top - bottom)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>']
+    for v in (0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{ly(v)}" y2="{ly(v)}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 8}" y="{ly(v) + 4}" text-anchor="end">{int(v * 100)}%</text>')
+    for n in xs:
+        out.append(f'<text x="{lx(n)}" y="{height - bottom + 18}" text-anchor="middle">{n}</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">training sessions (750 trials each, log scale)</text>')
+    if c is not None:
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{ly(c)}" y2="{ly(c)}" stroke="#444" stroke-dasharray="6,4"/>')
+        out.append(f'<text x="{width - right}" y="{ly(c) - 6}" text-anchor="end">Bayes ceiling {_pct(c)}%</text>')
+    colours = {"ridge": "#d62728", "encoder": "#1f77b4"}
+    for kind, p in pts.items():
+        if not p:
+            continue
+        path = " ".join(f"{lx(n):.1f},{ly(v):.1f}" for n, v in p)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colours[kind]}" stroke-width="2"/>')
+        for n, v in p:
+            out.append(f'<circle cx="{lx(n):.1f}" cy="{ly(v):.1f}" r="3.5" fill="{colours[kind]}"/>')
+        n, v = p[-1]
+        out.append(f'<text x="{lx(n) - 6:.1f}" y="{ly(v) - 8:.1f}" text-anchor="end" fill="{colours[kind]}">{kind}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def render_html(results) -> str:
+    rows = table_rows(results)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    machine = results.get("machine", {})
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>mindsearch encoder benchmark</title>
+<style>body{{font-family:sans-serif;margin:24px;max-width:1100px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+th{{background:#f4f4f4}} .note{{color:#555}}</style></head><body>
+<h1>Encoder benchmark</h1>
+<p class="note">Dataset {html.escape(str(results.get('data')))}, subject {results.get('subject')}, preset
+{html.escape(str(results.get('preset')))}. Top-1 among 300 test images over 30 loops (seed 42); b→i = brain→image
+(the search direction), i→b = image→brain (MindEye code's "fwd"). ± is the 95% interval over loops.
+Machine: {machine.get('cpus')} CPUs, load {machine.get('load_before')} → {machine.get('load_after')}.</p>
+<table><tr>{head}</tr>{body}</table>
+<h2>Learning curve</h2>
+{_svg_curve(results)}
+</body></html>
+"""
