@@ -72,7 +72,7 @@ class Run:
     path: Path
     config: dict
     _encoder: object = field(default=None, repr=False)
-    _zscore: ZScore | None = field(default=None, repr=False)
+    _zscore: dict | None = field(default=None, repr=False)
 
     @property
     def model_type(self) -> str:
@@ -98,9 +98,21 @@ class Run:
 
     @property
     def zscore(self) -> ZScore | None:
-        if self._zscore is None and (self.path / "zscore.safetensors").is_file():
-            self._zscore = ZScore.from_tensors(load_tensors(self.path / "zscore.safetensors"))
-        return self._zscore
+        """Training statistics of the run's own subject."""
+        return self.zscore_for(self.subject)
+
+    def zscore_for(self, subject: int) -> ZScore | None:
+        """Training statistics of ``subject``: multi-subject runs store ``subjNN.<name>`` entries."""
+        if self._zscore is None:
+            path = self.path / "zscore.safetensors"
+            self._zscore = load_tensors(path) if path.is_file() else {}
+        prefix = f"subj{int(subject):02d}."
+        own = {k[len(prefix):]: v for k, v in self._zscore.items() if k.startswith(prefix)}
+        if own:
+            return ZScore.from_tensors(own)
+        if subject == self.subject and "mean" in self._zscore:
+            return ZScore.from_tensors(self._zscore)
+        return None
 
     def encoder(self):
         if self._encoder is None:
@@ -137,11 +149,11 @@ class Run:
             voxels = voxels[None]
         subject = self.subject if subject is None else int(subject)
         if zscore:
-            if self.zscore is None:
-                raise MindsearchError("run has no zscore.safetensors; pass already z-scored "
-                                      "voxels with zscore=False", self.path)
-            if subject == self.subject:
-                voxels = self.zscore.apply(voxels, session)
+            stats = self.zscore_for(subject)
+            if stats is None:
+                raise MindsearchError(f"run has no z-scoring statistics for subject {subject}; pass "
+                                      "already z-scored voxels (--no-zscore / zscore=False)", self.path)
+            voxels = stats.apply(voxels, session)
         return self.encoder().encode(voxels, subject)
 
 
