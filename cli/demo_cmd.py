@@ -93,9 +93,14 @@ def _train_encoder(data, out, seed):
 
     if importlib.util.find_spec("training.trainer") is None:
         return None
+    import torch
+
     from eval.run_eval import evaluate_run
     from training.entry import train_encoder
 
+    # A tiny model gains nothing from a second thread, and on a busy machine two threads
+    # contend so badly that training slows twenty-fold; one thread is the robust choice.
+    torch.set_num_threads(1)
     t = time.perf_counter()
     train_encoder(data, 1, out / "runs" / "mindeye-tiny", preset="tiny", seed=seed, progress=say)
     seconds = time.perf_counter() - t
