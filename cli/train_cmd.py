@@ -25,19 +25,26 @@ from cli.common import emit_json, parse_ints, peak_rss_mib, say
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--vae", type=click.Path(), default=None,
+              help="diffusers VAE directory or TAESD/TAEF2 safetensors folder; trains the low-level head "
+                   "(sets use_lowlevel).")
+@click.option("--vae-size", type=int, default=None,
+              help="With --vae: square image size the VAE encodes (default: the dataset's image size).")
 @click.option("--out", required=True, type=click.Path(), help="Run directory to write.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a training setting, e.g. --set use_prior=false --set loss=clip (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, epochs, batch_size,
-          average, alpha, device, seed, resume, out, settings, as_json):
+          average, alpha, device, seed, resume, vae, vae_size, out, settings, as_json):
     """Train a brain encoder on one subject and write a run directory (safetensors + JSON)."""
     sessions = parse_ints(sessions)
     if model == "ridge":
-        if subject is None:
-            from mindsearch.errors import MindsearchError
+        from mindsearch.errors import MindsearchError
 
+        if subject is None:
             raise MindsearchError("--subject is required")
+        if vae is not None:
+            raise MindsearchError("--vae trains a MindEye low-level head; the ridge model has none")
         from training.ridge import train_ridge
 
         summary = train_ridge(data, subject, out, average=average or "betas", sessions=sessions,
@@ -48,7 +55,7 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
         summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
                                 from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
                                 batch_size=batch_size, device=device, seed=seed, resume=resume,
-                                progress=say, **parse_settings(settings))
+                                progress=say, vae=vae, vae_size=vae_size, **parse_settings(settings))
     say(f"peak memory {peak_rss_mib():.0f} MiB")
     if as_json:
         emit_json(summary)

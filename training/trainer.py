@@ -303,6 +303,19 @@ def _epoch_line(record: dict) -> str:
     return line
 
 
+def _with_overrides(preset, overrides: dict | None):
+    """The preset itself when nothing overrides it (so configs stay as before), else a merged dict."""
+    if not overrides:
+        return preset
+    from mindsearch.models.factory import load_preset
+
+    config = load_preset(preset)
+    for section, values in overrides.items():
+        base = config.get(section)
+        config[section] = {**base, **values} if isinstance(base, dict) and isinstance(values, dict) else values
+    return config
+
+
 def _zscore_tensors(zscores: dict) -> dict:
     """``zscore.safetensors`` in ``mindsearch.runs.ZScore`` layout for the run's first subject;
     with several subjects each one's arrays also appear as ``subjNN.<name>``."""
@@ -332,13 +345,16 @@ def train_arrays(
     zscore: dict | None = None,
     run_info: dict | None = None,
     lowlevel_lookup: Callable | None = None,
+    model_overrides: dict | None = None,
 ) -> dict:
     """Train on single trials. ``voxels_by_subject`` {s: (n, V) float32, z-scored};
     ``image_ids_by_subject`` {s: (n,)}; ``targets_lookup``: ids -> (n, T, D) (callable or array
     indexed by image id); ``val`` {s: (voxels, image_ids)} for the periodic top-1; ``model`` an
     initial ``MindEyeModel`` (fine-tuning; subjects it lacks get new adapters); ``zscore``
     {s: ZScore} written to ``zscore.safetensors``; ``run_info`` {"space", "data"} for config.json;
-    ``lowlevel_lookup`` ids -> (latents, teacher features or None) when ``cfg.use_lowlevel``.
+    ``lowlevel_lookup`` ids -> (latents, teacher features or None) when ``cfg.use_lowlevel``;
+    ``model_overrides`` {section: {key: value}} merged into the preset when a new model is built
+    (e.g. the low-level head sized to a VAE's latents).
     Returns a summary dict (also written to ``OUT/train_log.json``)."""
     import torch
     from accelerate import Accelerator
@@ -379,7 +395,8 @@ def train_arrays(
 
     n_voxels = {s: int(vox[s].shape[1]) for s in subjects}
     if model is None:
-        model = create_model(cfg.preset, n_voxels, tokens=tokens, dim=dim, use_projector=cfg.use_projector,
+        model = create_model(_with_overrides(cfg.preset, model_overrides), n_voxels, tokens=tokens, dim=dim,
+                             use_projector=cfg.use_projector,
                              use_prior=cfg.use_prior, use_lowlevel=cfg.use_lowlevel)
         prior_cfg = model.config.get("prior") or {}
         if model.prior is not None and prior_cfg.get("embed_scale") == "auto":
@@ -562,6 +579,8 @@ def train_arrays(
         }
         if "from_run" in info:
             record["from_run"] = info["from_run"]
+        if "lowlevel_vae" in info:
+            record["lowlevel_vae"] = info["lowlevel_vae"]
         save_pretrained(raw, out_dir, extra_config=record)
         if zscore:
             save_tensors(out_dir / "zscore.safetensors", _zscore_tensors(zscore))
@@ -574,13 +593,18 @@ def train_arrays(
 
 
 def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None, resume: bool = False,
-                  sessions=None, targets=None, progress: bool = True) -> dict:
+                  sessions=None, targets=None, progress: bool = True, vae=None,
+                  vae_size: int | None = None) -> dict:
     """Train on a dataset directory (any layout ``mindsearch.data.open_dataset`` reads).
 
     Single-trial training on each subject's z-scored train split (optionally only ``sessions``);
     validation on the first ``cfg.val_size`` test images (MindEye2 uses the first 300).
     ``from_run``: a mindeye run to fine-tune (new subjects get new adapters; with
     ``cfg.adapter_only`` only those are trained).
+    ``vae``: a VAE (diffusers directory or TAESD/TAEF2 safetensors folder, see ``mindsearch.vae``)
+    whose latents of the training and validation images become the low-level head's targets; it
+    turns ``cfg.use_lowlevel`` on and sizes the head to the latent. ``vae_size``: the square image
+    size the VAE sees (default: the dataset's).
     """
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
@@ -590,6 +614,9 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
     with ds:
         if not ds.has_targets:
             raise MindsearchError("the dataset has no target embeddings (pass targets=)", ds.root)
+        if vae is not None and not ds.has_images:
+            raise MindsearchError("--vae trains the low-level head on the stimulus images, but this dataset "
+                                  "has no images", ds.root)
         missing = [s for s in subjects if s not in ds.subjects]
         if missing:
             raise MindsearchError(f"no subject(s) {missing} in the dataset (has {ds.subjects})", ds.root)
@@ -614,8 +641,31 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
 
             model = from_pretrained(from_run)
             info["from_run"] = str(from_run)
+        low_lookup = overrides = None
+        if vae is not None:
+            from training.lowlevel import prepare_lowlevel, vae_device
+
+            if not cfg.use_lowlevel:
+                cfg = dataclasses.replace(cfg, use_lowlevel=True)
+            used = np.concatenate([ids[s] for s in subjects] + [v[1] for v in val.values()])
+            say = (lambda m: print(m, file=sys.stderr)) if progress else None
+            low_lookup, overrides, info["lowlevel_vae"] = prepare_lowlevel(
+                ds, vae, used, cfg.preset, size=vae_size, device=vae_device(cfg.device), progress=say)
+            if model is not None:
+                _check_lowlevel_head(model, info["lowlevel_vae"]["latent_shape"], from_run)
         return train_arrays(vox, ids, ds.targets, cfg, out_dir, resume=resume, val=val or None,
-                            progress=progress, model=model, zscore=zs, run_info=info)
+                            progress=progress, model=model, zscore=zs, run_info=info,
+                            lowlevel_lookup=low_lookup, model_overrides=overrides)
+
+
+def _check_lowlevel_head(model, latent_shape, from_run) -> None:
+    """Fine-tuning keeps the run's head: it must already output the VAE's latent shape."""
+    low = model.config.get("lowlevel")
+    have = None if not low else [low["latent_channels"], low["latent_size"], low["latent_size"]]
+    if have != list(latent_shape):
+        what = "no low-level head" if have is None else f"a low-level head for latents {have}"
+        raise MindsearchError(f"the run to fine-tune has {what}, but the VAE gives latents {list(latent_shape)}",
+                              from_run)
 
 
 __all__ = ["TrainConfig", "train_arrays", "train_mindeye", "validate", "top1_accuracy", "epoch_order",

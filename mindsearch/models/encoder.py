@@ -146,6 +146,8 @@ class RunEncoder:
         parts: dict[str, list] = {"disjointed": [], "backbone": []}
         if self.model.prior is not None:
             parts["aligned"] = []
+        if self.model.lowlevel is not None:
+            parts["lowlevel"] = []  # scaled VAE latents; mindsearch.vae.blurry_images decodes them
         for i in range(0, len(x), self.batch_size):
             xb = torch.from_numpy(x[i : i + self.batch_size]).to(self.device)
             out = self.model(xb, subject)
@@ -154,9 +156,14 @@ class RunEncoder:
             if self.model.prior is not None:
                 aligned = self.model.prior.sample(out["backbone"], steps=self.prior_steps, generator=gen)
                 parts["aligned"].append(aligned.float().cpu().numpy())
+            if self.model.lowlevel is not None:
+                parts["lowlevel"].append(out["lowlevel"].float().cpu().numpy())
         t, d = self.model.config["tokens"], self.model.config["dim"]
+        low = self.model.config.get("lowlevel") or {}
+        c, s = low.get("latent_channels", 0), low.get("latent_size", 0)
+        empty = {"lowlevel": (0, c, s, s)}
         return {
-            k: (np.concatenate(p, 0) if p else np.zeros((0, t, d), np.float32)).astype(np.float32)
+            k: (np.concatenate(p, 0) if p else np.zeros(empty.get(k, (0, t, d)), np.float32)).astype(np.float32)
             for k, p in parts.items()
         }
 

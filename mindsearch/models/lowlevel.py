@@ -85,3 +85,22 @@ class LowLevelHead(nn.Module):
         m = self.to_map(features).reshape(len(features), self.channels, self.size, self.size)
         m = self.map_norm(m)
         return self.decoder(m), self.aux(m)
+
+
+def fit_to_latent(section: dict, latent_channels: int, latent_size: int) -> dict:
+    """A copy of a preset's ``lowlevel`` section resized to output ``latent_channels x latent_size^2``.
+
+    The map size is halved from ``latent_size`` until it is no larger than the preset's (so the head
+    keeps its cost) or stops being even; ``decoder_channels`` is cut, or its last width repeated, to
+    one entry per 2x stage plus one. The result is what gets saved, so reloading rebuilds it exactly.
+    """
+    out = dict(section)
+    size = int(latent_size)
+    while size > int(section["size"]) and size % 2 == 0:
+        size //= 2
+    n_up = int(round(math.log2(latent_size / size)))
+    ch = list(section["decoder_channels"])
+    ch = ch[: n_up + 1] if len(ch) >= n_up + 1 else ch + [ch[-1]] * (n_up + 1 - len(ch))
+    out.update(latent_channels=int(latent_channels), latent_size=int(latent_size), size=size,
+               decoder_channels=ch)
+    return out
