@@ -126,15 +126,18 @@ def render_html(results) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     machine = results.get("machine", {})
+    load = lambda v: "?" if not v else "/".join(f"{x:.1f}" for x in v)  # noqa: E731
+    pool = next((min(300, r["scores"]["betas"]["n"]) for r in results["runs"].values()), 300)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mindsearch encoder benchmark</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:1100px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
 th{{background:#f4f4f4}} .note{{color:#555}}</style></head><body>
 <h1>Encoder benchmark</h1>
 <p class="note">Dataset {html.escape(str(results.get('data')))}, subject {results.get('subject')}, preset
-{html.escape(str(results.get('preset')))}. Top-1 among 300 test images over 30 loops (seed 42); b→i = brain→image
+{html.escape(str(results.get('preset')))}. Top-1 among {pool} test images over 30 loops (seed 42); b→i = brain→image
 (the search direction), i→b = image→brain (MindEye code's "fwd"). ± is the 95% interval over loops.
-Machine: {machine.get('cpus')} CPUs, load {machine.get('load_before')} → {machine.get('load_after')}.</p>
+Machine: {machine.get('cpus')} CPUs, load average (1/5/15 min) {load(machine.get('load_before'))} before,
+{load(machine.get('load_after'))} after. Runs trained two at a time, one thread each.</p>
 <table><tr>{head}</tr>{body}</table>
 <h2>Learning curve</h2>
 {_svg_curve(results)}
