@@ -1,0 +1,38 @@
+"""The encoder benchmark's plan and report (the runs themselves are benchmarks, not tests)."""
+
+from pathlib import Path
+
+from eval.bench_encoders import plan
+from eval.encoder_report import curve_points, render_html, render_table
+
+
+def test_plan_covers_every_part_once():
+    jobs = plan(Path("/d"), Path("/w"), 1, [2, 5, 7], 16, ["main", "losses", "heads", "curve", "fewshot"], "light", None)
+    names = [j["name"] for j in jobs]
+    assert len(names) == len(set(names))
+    assert {"ridge", "encoder", "loss-clip", "loss-bimixco", "loss-bimixco_softclip", "heads-backbone",
+            "curve-ridge-1", "curve-encoder-10", "fewshot-pretrain", "fewshot-finetune",
+            "fewshot-scratch"} <= set(names)
+    pre = next(j for j in jobs if j["name"] == "fewshot-pretrain")["args"]
+    assert "--pretrain" in pre and pre[pre.index("--subjects") + 1] == "2,5,7"
+    fine = next(j for j in jobs if j["name"] == "fewshot-finetune")
+    assert fine["after"] == "fewshot-pretrain" and fine["args"][fine["args"].index("--sessions") + 1] == "1"
+    # fewer sessions train for more epochs (up to 4x), so small sets are not merely under-trained
+    c1 = next(j for j in jobs if j["name"] == "curve-encoder-1")["args"]
+    assert c1[c1.index("--epochs") + 1] == "40"
+
+
+def test_report_puts_the_ceiling_and_curve_in():
+    def scores(b2i):
+        return {"betas": {"brain_to_image_top1": b2i, "image_to_brain_top1": b2i, "brain_to_image_top1_ci95": 0.01,
+                          "image_to_brain_top1_ci95": 0.01, "ceiling_brain_to_image_top1": 0.99,
+                          "ceiling_image_to_brain_top1": 0.98, "n": 1000}}
+
+    runs = {"ridge": {"wall_s": 3, "scores": scores(0.18)}, "loss-bimixco_softclip": {"wall_s": 9, "scores": scores(0.4)},
+            "curve-ridge-1": {"wall_s": 1, "scores": scores(0.05)}, "curve-encoder-1": {"wall_s": 1, "scores": scores(0.1)}}
+    results = {"parts": ["main", "curve"], "runs": runs, "n_sessions": 16, "machine": {}}
+    assert curve_points(results) == {"ridge": [(1, 0.05), (16, 0.18)], "encoder": [(1, 0.1), (16, 0.4)]}
+    text = render_table(results)
+    assert "Bayes ceiling" in text and "99.0" in text and "18.0" in text
+    page = render_html(results)
+    assert "<svg" in page and "Bayes ceiling 99.0%" in page
