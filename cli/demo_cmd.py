@@ -129,7 +129,7 @@ def _search(data, out, results):
         # Brain retrieval goes the other way: store every test trial's embedding, then look
         # for the true image's trials from its image embedding.
         test = load_split(ds, 1, "test", zscore=True, average="none")
-        encoded = run.encode(test.voxels, zscore=False)
+        encoded = run.encode(test.voxels, zscore=False, outputs=("disjointed",))
         engine.store_brain("sim-test-trials", run, encoded, subject=1, trials=test.trials,
                            image_ids=test.image_ids, source=str(data))
         true_embedding = ds.targets([true_id])

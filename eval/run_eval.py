@@ -37,7 +37,10 @@ def test_embeddings(run, ds, average: str = "betas", embedding: str = "disjointe
                        average="betas" if average == "betas" else "none")
 
     def encode(voxels):
-        return run.encode(voxels, subject=subject, zscore=False)[embedding]
+        out = run.encode(voxels, subject=subject, zscore=False, outputs=(embedding,))
+        if embedding not in out:
+            raise MindsearchError(f"run {run.path} produces no {embedding!r} embeddings")
+        return out[embedding]
 
     if average == "betas":
         return encode(split.voxels), split.image_ids

@@ -216,7 +216,7 @@ class Engine:
         coll = self.open(index)
         if not _compatible(run.space, coll.space):
             check_same_space(run.space, coll.space, f"run {run.path.name}", f"index {index!r}")
-        out = run.encode(voxels, subject=subject, session=session, zscore=zscore)
+        out = run.encode(voxels, subject=subject, session=session, zscore=zscore, outputs=("disjointed",))
         return self.search(index, out["disjointed"], k=k, space=run.space, rerank=rerank,
                            run_id=str(run.path))
 

@@ -24,7 +24,7 @@ class RidgeEncoder:
         w = load_tensors(Path(run_dir) / "model.safetensors")
         return cls(w["coef"], w["intercept"], config["target_shape"])
 
-    def encode(self, voxels: np.ndarray, subject: int | None = None) -> dict:
+    def encode(self, voxels: np.ndarray, subject: int | None = None, outputs=None) -> dict:
         pred = np.asarray(voxels, dtype=np.float32) @ self.coef.T + self.intercept
         pred = pred.reshape(len(pred), *self.target_shape)
         # A linear map has one output: it is both the backbone and the retrieval embedding.

@@ -143,7 +143,8 @@ class Run:
         return subject
 
     def encode(self, voxels: np.ndarray, *, subject: int | None = None, session: int | None = None,
-               zscore: bool = True) -> dict:
+               zscore: bool = True, outputs=None) -> dict:
+        """Embeddings of voxels; ``outputs`` names the ones wanted (default: all the model has)."""
         voxels = np.asarray(voxels, dtype=np.float32)
         if voxels.ndim == 1:
             voxels = voxels[None]
@@ -154,7 +155,7 @@ class Run:
                 raise MindsearchError(f"run has no z-scoring statistics for subject {subject}; pass "
                                       "already z-scored voxels (--no-zscore / zscore=False)", self.path)
             voxels = stats.apply(voxels, session)
-        return self.encoder().encode(voxels, subject)
+        return self.encoder().encode(voxels, subject, outputs=outputs)
 
 
 def open_run(path: str | Path) -> Run:

@@ -125,7 +125,9 @@ class RunEncoder:
         self.device, self.prior_steps, self.batch_size, self.seed = device, prior_steps, batch_size, seed
 
     @torch.no_grad()
-    def encode(self, voxels_zscored, subject: int) -> dict:
+    def encode(self, voxels_zscored, subject: int, outputs=None) -> dict:
+        """``outputs``: the names wanted (default all); sampling "aligned" runs the prior's
+        whole reverse process, so callers that only retrieve should not ask for it."""
         import numpy as np
 
         x = np.asarray(voxels_zscored, dtype=np.float32)
@@ -143,21 +145,21 @@ class RunEncoder:
             raise MindsearchError(f"subject {subject} expects {v} voxels, got {x.shape[1]}")
         # One fixed generator per call: the same voxels give the same aligned samples.
         gen = torch.Generator().manual_seed(self.seed)
-        parts: dict[str, list] = {"disjointed": [], "backbone": []}
-        if self.model.prior is not None:
+        want = set(outputs) if outputs is not None else {"disjointed", "backbone", "aligned", "lowlevel"}
+        parts: dict[str, list] = {k: [] for k in ("disjointed", "backbone") if k in want}
+        if self.model.prior is not None and "aligned" in want:
             parts["aligned"] = []
-        if self.model.lowlevel is not None:
+        if self.model.lowlevel is not None and "lowlevel" in want:
             parts["lowlevel"] = []  # scaled VAE latents; mindsearch.vae.blurry_images decodes them
         for i in range(0, len(x), self.batch_size):
             xb = torch.from_numpy(x[i : i + self.batch_size]).to(self.device)
             out = self.model(xb, subject)
-            parts["disjointed"].append(out["disjointed"].float().cpu().numpy())
-            parts["backbone"].append(out["backbone"].float().cpu().numpy())
-            if self.model.prior is not None:
+            for k in ("disjointed", "backbone", "lowlevel"):
+                if k in parts:
+                    parts[k].append(out[k].float().cpu().numpy())
+            if "aligned" in parts:
                 aligned = self.model.prior.sample(out["backbone"], steps=self.prior_steps, generator=gen)
                 parts["aligned"].append(aligned.float().cpu().numpy())
-            if self.model.lowlevel is not None:
-                parts["lowlevel"].append(out["lowlevel"].float().cpu().numpy())
         t, d = self.model.config["tokens"], self.model.config["dim"]
         low = self.model.config.get("lowlevel") or {}
         c, s = low.get("latent_channels", 0), low.get("latent_size", 0)
