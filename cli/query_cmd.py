@@ -62,8 +62,6 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
         blocks = engine.query(index_name, x, run, k=k, subject=subject, session=session,
                               zscore=not no_zscore, rerank=rerank, source=voxels)
     else:
-        from mindsearch.voxels import load_voxels  # same checks: numeric, finite, 1-D or 2-D+
-
         path = Path(embedding)
         try:
             emb = np.load(path, allow_pickle=False)
@@ -73,7 +71,6 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
             raise MindsearchError(f"not a readable .npy array ({exc})", path) from None
         if not np.issubdtype(emb.dtype, np.floating) or not np.isfinite(emb).all():
             raise MindsearchError("embeddings must be finite floating-point values", path)
-        del load_voxels
         blocks = engine.search(index_name, emb, k=k, rerank=rerank)
     hits = [[h.as_dict() for h in block] for block in blocks]
     _print(hits, as_json, ["rank", "id", "path", "score"],
