@@ -94,18 +94,19 @@ def _image_embedding(engine, image, index_name, model, weights):
     from mindsearch.errors import MindsearchError
 
     if Path(image).is_file():
+        from PIL import Image
+
         from mindsearch.image_encoders import ImageEncoder
-        from mindsearch.image_sources import open_source
 
         if not model:
             raise MindsearchError("--image FILE needs --model (and --weights) of the store's space")
+        try:
+            with Image.open(image) as im:
+                picture = im.convert("RGB")
+        except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise MindsearchError(f"cannot read the image ({exc})", image) from None
         enc = ImageEncoder.create(model, weights=weights)
-        records = list(open_source(Path(image).parent, strict=True))
-        rec = [r for r in records if Path(r.key).name == Path(image).name]
-        if not rec:
-            raise MindsearchError("could not read the image", image)
-        batch = enc.collate([enc.prepare(rec[0].image)])
-        return enc.encode(batch), enc.space
+        return enc.encode(enc.collate([enc.prepare(picture)])), enc.space
     if not index_name:
         raise MindsearchError("--image is neither a file nor usable without --index NAME to look it up", image)
     coll = engine.open(index_name)
