@@ -212,3 +212,24 @@ def test_brain_store_and_brain_retrieval(sim_world, tmp_path):
     sims = (unit(image) @ unit(brain).T)[0]
     assert [h["row"] for h in hits] == list(np.argsort(-sims)[:10])
     np.testing.assert_allclose([h["score"] for h in hits], np.sort(sims)[::-1][:10], atol=1e-5)
+
+
+def test_image_file_query_encodes_and_checks_the_store_space(sim_world, picture_folder, tmp_path):
+    root, data = sim_world
+    folder, cfg = picture_folder
+    from mindsearch.data import open_dataset
+    from mindsearch.data.preprocess import load_split
+
+    with open_dataset(data) as ds:
+        test = load_split(ds, 1, "test", zscore=True, average="betas")
+    np.save(tmp_path / "z.npy", test.voxels[:5])
+    assert run_cli("embed", "--run", root / "ridge", "--voxels", tmp_path / "z.npy", "--no-zscore",
+                   "--out", tmp_path / "e.npy", "--store", "brains", "--root", tmp_path).exit_code == 0
+    picture = folder / "img00.png"
+    base = [sys.executable, "-m", "cli.main", "query", "--image", str(picture), "--store", "brains",
+            "--root", str(tmp_path)]
+    proc = subprocess.run(base, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--model" in proc.stderr
+    # The picture is encoded in the tiny CLIP space; the store holds simulator-space samples.
+    proc = subprocess.run(base + ["--model", str(cfg), "--weights", "random:0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "cannot be compared" in proc.stderr and "Traceback" not in proc.stderr
