@@ -378,7 +378,7 @@ class Collection:
 
         ``kind``: "auto" | "flat" | "hnsw" | "ivf" | "ivfpq" | a faiss factory string. ``params``:
         search parameters (``nprobe``, ``efSearch``); ANN defaults are nprobe = max(16, nlist/64)
-        and efSearch = 128. On any failure the previous index and manifest stay as they were.
+        and efSearch = 512. On any failure the previous index and manifest stay as they were.
         """
         if self._pending is not None:
             raise InputError(f"shard {self._pending!r} is not finished; finish it before building", self.path)
@@ -395,7 +395,9 @@ class Collection:
         if nlist and "nprobe" not in p:
             p["nprobe"] = max(16, nlist // 64)
         if ("HNSW" in key.upper()) and "efSearch" not in p:
-            p["efSearch"] = 128
+            # Brain-predicted queries lie off the image distribution: on 1M vectors HNSW32 needs
+            # efSearch 512 for recall@16 0.97 with them (128 gives 0.87; eval/bench_search.py).
+            p["efSearch"] = 512
         t1 = time.perf_counter()
         index = faiss_index.build_index(vecs, ids, key, train_size=train_size, seed=seed, use_gpu=use_gpu, params=p)
         build_s = time.perf_counter() - t1
