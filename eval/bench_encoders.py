@@ -31,7 +31,7 @@ PARTS = ("main", "losses", "heads", "curve", "fewshot")
 
 
 def plan(data: Path, work: Path, subject: int, others: list[int], sessions_all: int, parts, preset: str,
-         epochs: int | None) -> list[dict]:
+         epochs: int | None, fewshot_lr: float | None = None) -> list[dict]:
     """The runs each part needs: name -> the mindsearch train arguments."""
     def enc(name, *extra, sessions=None, ep=None, subj=subject):
         args = ["--data", data, "--subject", subj, "--preset", preset, *extra]
@@ -76,10 +76,15 @@ def plan(data: Path, work: Path, subject: int, others: list[int], sessions_all: 
         runs["fewshot-pretrain"] = {"name": "fewshot-pretrain", "model": "mindeye", "args": [
             "--data", data, "--pretrain", "--subjects", ",".join(map(str, others)), "--preset", preset,
             "--set", "use_prior=false", *(["--epochs", epochs] if epochs else [])]}
-        runs["fewshot-finetune"] = enc("fewshot-finetune", "--set", "use_prior=false", "--from",
-                                       work / "fewshot-pretrain", sessions=[1], ep=ep)
-        runs["fewshot-finetune"]["after"] = "fewshot-pretrain"
-        runs["fewshot-scratch"] = enc("fewshot-scratch", "--set", "use_prior=false", sessions=[1], ep=ep)
+        # Both one-session runs share one learning rate (default: the preset's), so only the
+        # pretrained start differs.
+        lr = ["--set", f"lr={fewshot_lr}"] if fewshot_lr else []
+        tag = f"-lr{fewshot_lr:g}" if fewshot_lr else ""
+        runs[f"fewshot-finetune{tag}"] = enc(f"fewshot-finetune{tag}", "--set", "use_prior=false", *lr,
+                                             "--from", work / "fewshot-pretrain", sessions=[1], ep=ep)
+        runs[f"fewshot-finetune{tag}"]["after"] = "fewshot-pretrain"
+        runs[f"fewshot-scratch{tag}"] = enc(f"fewshot-scratch{tag}", "--set", "use_prior=false", *lr,
+                                            sessions=[1], ep=ep)
     for r in runs.values():
         r["args"] = [str(a) for a in r["args"]] + ["--out", str(work / r["name"]), "--json"]
     return list(runs.values())
@@ -135,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--preset", default="light")
     ap.add_argument("--epochs", type=int, default=None, help="Override the preset's epochs (full-data runs).")
+    ap.add_argument("--fewshot-lr", type=float, default=None,
+                    help="Learning rate of both one-session few-shot runs (default: the preset's).")
     ap.add_argument("--jobs", type=int, default=2, help="Runs trained at once (each with --threads threads).")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("bench_encoders_runs"))
@@ -152,12 +159,18 @@ def main(argv=None) -> int:
     others = [s for s in subjects if s != args.subject]
     args.work.mkdir(parents=True, exist_ok=True)
     jobs = plan(args.data.resolve(), args.work.resolve(), args.subject, others, n_sessions, parts,
-                args.preset, args.epochs)
+                args.preset, args.epochs, args.fewshot_lr)
     print(f"{len(jobs)} runs on {args.data} (subject {args.subject}, {n_sessions} sessions), "
           f"{args.jobs} at a time with {args.threads} thread(s) each; load {os.getloadavg()}", file=sys.stderr)
     results = {"data": str(args.data), "subject": args.subject, "preset": args.preset, "parts": parts,
                "n_sessions": n_sessions,
                "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "runs": {}}
+    if args.out.is_file():  # re-running some parts adds to an earlier benchmark of the same data
+        earlier = json.loads(args.out.read_text())
+        if earlier.get("data") == results["data"]:
+            results["runs"] = earlier.get("runs", {})
+            results["parts"] = sorted(set(earlier.get("parts", [])) | set(parts), key=PARTS.index)
+            results["machine"]["load_before"] = earlier.get("machine", {}).get("load_before")
 
     def work(job):
         rec = run_one(job, args.work, args.threads)

@@ -18,6 +18,17 @@ ROWS = [
 ]
 
 
+def _rows(results):
+    """The fixed rows plus few-shot pairs run at another learning rate (``fewshot-*-lrX``)."""
+    rows = list(ROWS)
+    for name in sorted(results["runs"]):
+        if name.startswith("fewshot-") and "-lr" in name:
+            kind, lr = name[len("fewshot-"):].split("-lr")
+            what = "from scratch" if kind == "scratch" else "pretrained, fine-tuned"
+            rows.append(("fewshot", name, f"few-shot at lr {lr}: {what} on session 1"))
+    return rows
+
+
 def _pct(x):
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -33,7 +44,7 @@ def _ceiling(results):
 def table_rows(results):
     rows = []
     runs = results["runs"]
-    for part, name, label in ROWS:
+    for part, name, label in _rows(results):
         if part not in results["parts"] or name not in runs:
             continue
         r = runs[name]
