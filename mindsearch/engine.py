@@ -296,15 +296,17 @@ class Engine:
         if q.shape[1] != vecs.shape[1]:
             raise MindsearchError(f"image embedding has {q.shape[1]} values, brain table {store!r} "
                                   f"holds {vecs.shape[1]}")
-        from eval.retrieval import normalise  # noqa: PLC0415  (tiny numpy helper)
+        from indexes.faiss_index import as_vectors, exact_search
 
-        sims = normalise(q) @ normalise(vecs).T
-        order = np.argsort(-sims, axis=1)[:, :k]
+        # Brain tables hold thousands of trials, not millions: exact cosine, no index to keep.
+        rows, scores = exact_search(as_vectors(vecs, path=space_file.parent),
+                                    None, as_vectors(q, what="image embedding"), min(k, len(vecs)))
         cols = {c: data.column(c).to_numpy(zero_copy_only=False)
                 for c in ("subject", "session", "trial", "image_id", "run_id")}
         return [[{"rank": r + 1, "row": int(j), **{c: _py(cols[c][j]) for c in cols},
-                  "score": float(sims[qi, j]), "store": store, "store_version": int(table.version)}
-                 for r, j in enumerate(row)] for qi, row in enumerate(order)]
+                  "score": float(sc), "store": store, "store_version": int(table.version)}
+                 for r, (j, sc) in enumerate(zip(row, row_scores)) if j >= 0]
+                for row, row_scores in zip(rows, scores)]
 
 
 def _compatible(query_space: dict, index_space: dict) -> bool:
