@@ -133,8 +133,8 @@ def _search(data, out, results):
         engine.store_brain("sim-test-trials", run, encoded, subject=1, trials=test.trials,
                            image_ids=test.image_ids, source=str(data))
         true_embedding = ds.targets([true_id])
-    hits = engine.query("sim-images", voxels, run, k=5, session=session)[0]
     all_hits = engine.query("sim-images", voxels, run, k=built["count"], session=session)[0]
+    hits = all_hits[:5]
     true_rank = next((h.rank for h in all_hits if h.id == true_id), None)
     brain = engine.query_brain("sim-test-trials", true_embedding, space=run.space, k=5)[0]
     # One trial is an anecdote: the rank of the true image over every test trial is the figure.

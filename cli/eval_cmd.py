@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from cli.common import emit_json, pct, say, table
@@ -44,8 +42,9 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
                               subject=subject, embedding=embedding)
     elif brain and images:
         from eval.retrieval import retrieval_scores
+        from mindsearch.voxels import load_npy
 
-        arrays = [_load_npy(p) for p in (brain, images)]
+        arrays = [load_npy(p, what="embedding array", min_ndim=2) for p in (brain, images)]
         scores = retrieval_scores(*arrays, pool=pool, loops=loops, seed=seed)
         scores.update(brain=str(brain), images=str(images))
     else:
@@ -67,19 +66,3 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
                f"MindEye code labels: fwd {pct(scores['mindeye_fwd'])}, bwd {pct(scores['mindeye_bwd'])}")
     if scores.get("warning"):
         say(f"warning: {scores['warning']}")
-
-
-def _load_npy(path):
-    import numpy as np
-
-    from mindsearch.errors import MindsearchError
-
-    if not Path(path).is_file():
-        raise MindsearchError("file not found", path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError/OSError variants for bad files
-        raise MindsearchError(f"not a readable .npy array ({exc})", path) from None
-    if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
-        raise MindsearchError(f"expected a numeric (items, ...) array, got {arr.dtype} {arr.shape}", path)
-    return arr

@@ -109,8 +109,6 @@ def info(name, root):
 @click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
 def recall(name, run_dir, data, queries, k, root):
     """Recall@k of the index against exact search with held-out brain queries (saved in the manifest)."""
-    import numpy as np
-
     from mindsearch.engine import Engine
     from mindsearch.errors import MindsearchError
 
@@ -125,7 +123,10 @@ def recall(name, run_dir, data, queries, k, root):
             q, _ = test_embeddings(run, ds, "single")
         res = engine.measure_recall(name, q, space=run.space, k=k, source=f"run {run_dir} test trials")
     elif queries:
-        res = engine.measure_recall(name, np.load(queries, allow_pickle=False), k=k, source=str(queries))
+        from mindsearch.voxels import load_npy
+
+        res = engine.measure_recall(name, load_npy(queries, what="queries", min_ndim=2), k=k,
+                                    source=str(queries))
     else:
         raise MindsearchError("give --run RUN (its held-out test trials) or --queries FILE.npy")
     emit_json(res)

@@ -33,8 +33,6 @@ ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/i
 def query(voxels, embedding, image, store, run_dir, index_name, subject, session, no_zscore, k,
           no_rerank, model, weights, root, as_json):
     """Find the images nearest to brain samples (or, with --image --store, the reverse)."""
-    import numpy as np
-
     from mindsearch.engine import Engine
     from mindsearch.errors import MindsearchError
 
@@ -62,15 +60,9 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
         blocks = engine.query(index_name, x, run, k=k, subject=subject, session=session,
                               zscore=not no_zscore, rerank=rerank, source=voxels)
     else:
-        path = Path(embedding)
-        try:
-            emb = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise MindsearchError("file not found", path) from None
-        except Exception as exc:
-            raise MindsearchError(f"not a readable .npy array ({exc})", path) from None
-        if not np.issubdtype(emb.dtype, np.floating) or not np.isfinite(emb).all():
-            raise MindsearchError("embeddings must be finite floating-point values", path)
+        from mindsearch.voxels import load_npy
+
+        emb = load_npy(embedding, what="embeddings")
         blocks = engine.search(index_name, emb, k=k, rerank=rerank)
     hits = [[h.as_dict() for h in block] for block in blocks]
     _print(hits, as_json, ["rank", "id", "path", "score"],

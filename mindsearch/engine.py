@@ -110,19 +110,21 @@ class Engine:
         todo = [s for s in src.shards() if s.shard_id not in done]
         say(f"index {name}: {len(done)} shard(s) already done, {len(todo)} to embed "
             f"with {describe(space)}")
-        for shard, records, emb in embed_shards(todo, encoder, batch_size=batch_size,
-                                                num_workers=workers, progress=True):
-            if len(records):
+
+        def batches():
+            for shard, records, emb in embed_shards(todo, encoder, batch_size=batch_size,
+                                                    num_workers=workers, progress=True):
                 batch = {"embedding": pool_tokens(emb, space.get("pooling")),
                          "key": [r.key for r in records],
                          "width": np.asarray([r.width for r in records], np.int32),
                          "height": np.asarray([r.height for r in records], np.int32)}
-                if all(r.id is not None for r in records):
+                if records and all(r.id is not None for r in records):
                     batch["id"] = np.asarray([r.id for r in records], np.int64)
                 if tokens_shape:
                     batch["tokens"] = emb
-                coll.add(batch, shard=shard.shard_id)
-            coll.finish_shard(shard.shard_id)
+                yield shard.shard_id, batch, len(records)
+
+        _ingest(coll, batches())
         for s in src.skipped:
             say(f"skipped {s['path']}: {s['error']}")
         rec = coll.build_index(kind)
@@ -139,11 +141,9 @@ class Engine:
         space = {**space, "dim": dim, "tokens": 1}
         coll = self._create_or_resume(name, space, dim, None, table_uri=table_uri,
                                       extra_columns={"caption": "string", "url": "string"})
-        done = set(coll.finished_shards)
-        for shard_id, batch in clip_retrieval.iter_shards(directory, skip=done):
-            coll.add(batch, shard=shard_id)
-            coll.finish_shard(shard_id)
-            say(f"index {name}: shard {shard_id} added ({coll.count} vectors)")
+        shards = clip_retrieval.iter_shards(directory, skip=set(coll.finished_shards))
+        _ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
+                lambda shard_id: say(f"index {name}: shard {shard_id} added ({coll.count} vectors)"))
         rec = coll.build_index(kind)
         return {"name": name, "count": coll.count, "index": rec, "space": space,
                 "table_version": coll.table_version}
@@ -165,18 +165,21 @@ class Engine:
             coll = self._create_or_resume(name, space, d, tokens_shape)
             done = set(coll.finished_shards)
             root = Path(data).resolve()
-            for start in range(0, len(ids), shard_size):
-                shard_id = f"targets-{start:09d}"
-                if shard_id in done:
-                    continue
-                chunk = ids[start:start + shard_size]
-                emb = ds.targets(chunk)
-                batch = {"id": chunk, "embedding": pool_tokens(emb, space.get("pooling")),
-                         "key": [f"{root}#image/{i}" for i in chunk]}
-                if tokens_shape:
-                    batch["tokens"] = emb
-                coll.add(batch, shard=shard_id)
-                coll.finish_shard(shard_id)
+
+            def batches():
+                for start in range(0, len(ids), shard_size):
+                    shard_id = f"targets-{start:09d}"
+                    if shard_id in done:
+                        continue
+                    chunk = ids[start:start + shard_size]
+                    emb = ds.targets(chunk)
+                    batch = {"id": chunk, "embedding": pool_tokens(emb, space.get("pooling")),
+                             "key": [f"{root}#image/{i}" for i in chunk]}
+                    if tokens_shape:
+                        batch["tokens"] = emb
+                    yield shard_id, batch, len(chunk)
+
+            _ingest(coll, batches())
             say(f"index {name}: {coll.count} images from {data}")
         rec = coll.build_index(kind)
         return {"name": name, "count": coll.count, "index": rec, "space": space,
@@ -307,6 +310,19 @@ class Engine:
                   "score": float(sc), "store": store, "store_version": int(table.version)}
                  for r, (j, sc) in enumerate(zip(row, row_scores)) if j >= 0]
                 for row, row_scores in zip(rows, scores)]
+
+
+def _ingest(coll, batches, after=None) -> None:
+    """Add each (shard id, batch, row count) and commit it: the unit an interrupted build resumes at.
+
+    A shard with no rows (every image in it unreadable) is still finished, so a resume skips it.
+    """
+    for shard_id, batch, n in batches:
+        if n is None or n:
+            coll.add(batch, shard=shard_id)
+        coll.finish_shard(shard_id)
+        if after:
+            after(shard_id)
 
 
 def _compatible(query_space: dict, index_space: dict) -> bool:

@@ -1,4 +1,5 @@
-"""Reading a user's voxel file for ``embed`` and ``query``: checked before anything runs."""
+"""Reading a user's arrays (voxels for ``embed``/``query``, embeddings for ``eval``/``query``):
+checked before anything runs, never unpickled."""
 
 from __future__ import annotations
 
@@ -9,25 +10,34 @@ import numpy as np
 from mindsearch.errors import MindsearchError
 
 
-def load_voxels(path: str | Path) -> np.ndarray:
-    """A (trials, voxels) float array from .npy (never unpickled); one row for a 1-D file."""
+def load_npy(path: str | Path, *, what: str = "array", min_ndim: int = 1, mmap: bool = False) -> np.ndarray:
+    """A finite floating-point array from a .npy file, or one clear error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise MindsearchError("file not found", path)
-    if path.suffix != ".npy":
-        raise MindsearchError("voxels must be a .npy file of shape (trials, voxels) or (voxels,)", path)
     try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r")
+        x = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as exc:  # numpy raises ValueError/OSError variants for bad files
         raise MindsearchError(f"not a readable .npy array ({exc})", path) from None
+    if x.ndim < min_ndim:
+        raise MindsearchError(f"expected a {what} with at least {min_ndim} dimensions, got shape {x.shape}", path)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise MindsearchError(f"{what} must be floating point, got {x.dtype}", path)
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if x.ndim > 1 else 1
+        raise MindsearchError(f"{bad} row(s) contain NaN or Inf values", path)
+    return x
+
+
+def load_voxels(path: str | Path) -> np.ndarray:
+    """A (trials, voxels) float array from .npy; one row for a 1-D file."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise MindsearchError("voxels must be a .npy file of shape (trials, voxels) or (voxels,)", path)
+    x = load_npy(path, what="voxels", mmap=True)
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2:
         raise MindsearchError(f"expected (trials, voxels) or (voxels,), got shape {x.shape}", path)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise MindsearchError(f"voxels must be floating point, got {x.dtype}", path)
-    x = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise MindsearchError(f"{bad} trial(s) contain NaN or Inf voxels", path)
     return x
