@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import peak_rss_mib, pct, say, table
+from mindsearch.cli.common import peak_rss_mib, pct, say, table
 
 MARKER = "demo.json"
 
@@ -44,8 +44,8 @@ def demo(out, seed, skip_encoder):
     stages["simulate"] = time.perf_counter() - t
     say(f"[1] simulated the small preset in {stages['simulate']:.1f}s -> {data}")
 
-    from eval.run_eval import evaluate_run
-    from training.ridge import train_ridge
+    from mindsearch.eval.run_eval import evaluate_run
+    from mindsearch.training.ridge import train_ridge
 
     t = time.perf_counter()
     train_ridge(data, 1, out / "runs" / "ridge", seed=seed, progress=say)
@@ -91,12 +91,12 @@ def _train_encoder(data, out, seed):
     """The tiny MindEye-style encoder, when the training package provides it."""
     import importlib.util
 
-    if importlib.util.find_spec("training.trainer") is None:
+    if importlib.util.find_spec("mindsearch.training.trainer") is None:
         return None
     import torch
 
-    from eval.run_eval import evaluate_run
-    from training.entry import train_encoder
+    from mindsearch.eval.run_eval import evaluate_run
+    from mindsearch.training.entry import train_encoder
 
     # A tiny model gains nothing from a second thread, and on a busy machine two threads
     # contend so badly that training slows twenty-fold; one thread is the robust choice.

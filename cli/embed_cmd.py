@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import emit_json, say
+from mindsearch.cli.common import emit_json, say
 
 
 @click.command()

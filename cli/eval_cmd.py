@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import emit_json, pct, say, table
+from mindsearch.cli.common import emit_json, pct, say, table
 
 
 @click.group("eval")
@@ -36,12 +36,12 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
     from mindsearch.errors import MindsearchError
 
     if run_dir:
-        from eval.run_eval import evaluate_run
+        from mindsearch.eval.run_eval import evaluate_run
 
         scores = evaluate_run(run_dir, data, average=average, pool=pool, loops=loops, seed=seed,
                               subject=subject, embedding=embedding)
     elif brain and images:
-        from eval.retrieval import retrieval_scores
+        from mindsearch.eval.retrieval import retrieval_scores
         from mindsearch.voxels import load_npy
 
         arrays = [load_npy(p, what="embedding array", min_ndim=2) for p in (brain, images)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import emit_json, say
+from mindsearch.cli.common import emit_json, say
 
 ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/indexes)."
 
@@ -114,7 +114,7 @@ def recall(name, run_dir, data, queries, k, root):
 
     engine = Engine(root)
     if run_dir:
-        from eval.run_eval import test_embeddings
+        from mindsearch.eval.run_eval import test_embeddings
         from mindsearch.data import open_dataset
         from mindsearch.runs import open_run
 

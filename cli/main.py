@@ -16,14 +16,14 @@ from mindsearch.errors import InputError, MindsearchError
 
 # name -> "module:attribute" of a click command; imported on first use.
 COMMANDS = {
-    "demo": ("cli.demo_cmd:demo", "Simulate a small world, train, evaluate, search: the main job."),
-    "simulate": ("cli.simulate_cmd:simulate", "Write a simulated NSD-like dataset with a known ceiling."),
-    "data": ("cli.data_cmd:data", "Inspect datasets in any supported layout."),
-    "train": ("cli.train_cmd:train", "Train a brain encoder (ridge or MindEye-style) on one subject."),
-    "eval": ("cli.eval_cmd:eval_group", "Evaluate with the papers' protocols."),
-    "embed": ("cli.embed_cmd:embed", "Encode voxels with a trained run."),
-    "index": ("cli.index_cmd:index", "Build and inspect image-embedding indexes."),
-    "query": ("cli.query_cmd:query", "Search an index with brain data (or the reverse)."),
+    "demo": ("mindsearch.cli.demo_cmd:demo", "Simulate a small world, train, evaluate, search: the main job."),
+    "simulate": ("mindsearch.cli.simulate_cmd:simulate", "Write a simulated NSD-like dataset with a known ceiling."),
+    "data": ("mindsearch.cli.data_cmd:data", "Inspect datasets in any supported layout."),
+    "train": ("mindsearch.cli.train_cmd:train", "Train a brain encoder (ridge or MindEye-style) on one subject."),
+    "eval": ("mindsearch.cli.eval_cmd:eval_group", "Evaluate with the papers' protocols."),
+    "embed": ("mindsearch.cli.embed_cmd:embed", "Encode voxels with a trained run."),
+    "index": ("mindsearch.cli.index_cmd:index", "Build and inspect image-embedding indexes."),
+    "query": ("mindsearch.cli.query_cmd:query", "Search an index with brain data (or the reverse)."),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import emit_json, parse_ints, peak_rss_mib, say
+from mindsearch.cli.common import emit_json, parse_ints, peak_rss_mib, say
 
 
 @click.command()
@@ -45,12 +45,12 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
             raise MindsearchError("--subject is required")
         if vae is not None:
             raise MindsearchError("--vae trains a MindEye low-level head; the ridge model has none")
-        from training.ridge import train_ridge
+        from mindsearch.training.ridge import train_ridge
 
         summary = train_ridge(data, subject, out, average=average or "betas", sessions=sessions,
                               alpha=alpha, seed=seed, progress=say)
     else:
-        from training.entry import train_encoder
+        from mindsearch.training.entry import train_encoder
 
         summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
                                 from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,

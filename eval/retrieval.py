@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexes.errors import InputError
+from mindsearch.indexes.errors import InputError
 
 
 def normalise(x: np.ndarray) -> np.ndarray:

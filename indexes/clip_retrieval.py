@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from indexes.errors import InputError
+from mindsearch.indexes.errors import InputError
 
 _SHARD = re.compile(r"^img_emb_(\d+)\.npy$")
 

@@ -35,8 +35,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from indexes import faiss_index, table as tbl
-from indexes.errors import InputError
+from mindsearch.indexes import faiss_index, table as tbl
+from mindsearch.indexes.errors import InputError
 
 FORMAT = "mindsearch-index/1"
 MANIFEST = "manifest.json"
@@ -396,7 +396,7 @@ class Collection:
             p["nprobe"] = max(16, nlist // 64)
         if ("HNSW" in key.upper()) and "efSearch" not in p:
             # Brain-predicted queries lie off the image distribution: on 1M vectors HNSW32 needs
-            # efSearch 512 for recall@16 0.97 with them (128 gives 0.87; eval/bench_search.py).
+            # efSearch 512 for recall@16 0.97 with them (128 gives 0.87; benchmarks/bench_search.py).
             p["efSearch"] = 512
         t1 = time.perf_counter()
         index = faiss_index.build_index(vecs, ids, key, train_size=train_size, seed=seed, use_gpu=use_gpu, params=p)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from indexes.errors import InputError
+from mindsearch.indexes.errors import InputError
 
 #: autofaiss's default ``max_index_memory_usage`` ("16G").
 DEFAULT_MEMORY_BUDGET = 16 * 2**30

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from indexes.errors import InputError
+from mindsearch.indexes.errors import InputError
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int | None = None) -> float:

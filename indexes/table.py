@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from indexes.errors import InputError
+from mindsearch.indexes.errors import InputError
 
 IMAGE_TABLE = "images"
 BRAIN_TABLE = "brain"

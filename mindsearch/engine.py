@@ -63,7 +63,7 @@ class Engine:
 
     # ------------------------------------------------------------------ collections
     def open(self, name: str):
-        from indexes.collection import MANIFEST, Collection
+        from mindsearch.indexes.collection import MANIFEST, Collection
 
         if not (self.root / name / MANIFEST).is_file():
             have = ", ".join(self.list()) or "none"
@@ -77,7 +77,7 @@ class Engine:
 
     def _create_or_resume(self, name: str, space: dict, dim: int, tokens_shape, extra_columns=None,
                           table_uri: str | None = None):
-        from indexes.collection import MANIFEST, Collection
+        from mindsearch.indexes.collection import MANIFEST, Collection
 
         if (self.root / name / MANIFEST).is_file():
             coll = Collection.open(self.root, name)
@@ -134,7 +134,7 @@ class Engine:
     def build_from_embeddings(self, name: str, directory: str | Path, *, space: dict,
                               kind: str = "auto", progress=None, table_uri: str | None = None) -> dict:
         """Index precomputed embeddings in the clip-retrieval / LAION layout, no recomputation."""
-        from indexes import clip_retrieval
+        from mindsearch.indexes import clip_retrieval
 
         say = progress or (lambda msg: None)
         dim = clip_retrieval.dim(directory)
@@ -226,7 +226,7 @@ class Engine:
     def measure_recall(self, index: str, queries: np.ndarray, *, space: dict | None = None,
                        k: int = 16, label: str = "brain-heldout", source: str | None = None) -> dict:
         """Recall@k of the index against exact search with held-out brain-predicted queries."""
-        from indexes.recall import measure_collection
+        from mindsearch.indexes.recall import measure_collection
 
         coll = self.open(index)
         q = pool_tokens(queries, (space or coll.space).get("pooling"))
@@ -234,7 +234,7 @@ class Engine:
 
     # ------------------------------------------------------------------ brain samples
     def _brain_db(self):
-        from indexes import table as tbl
+        from mindsearch.indexes import table as tbl
 
         path = self.root / BRAIN_DIR
         path.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ class Engine:
                     session: int | None = None, trials: Iterable[int] | None = None,
                     image_ids: Iterable[int] | None = None, source: str | None = None) -> dict:
         """Append encoded brain samples to the brain table ``name`` (created on first use)."""
-        from indexes import table as tbl
+        from mindsearch.indexes import table as tbl
 
         dis = np.asarray(outputs["disjointed"], dtype=np.float32)
         n = len(dis)
@@ -282,7 +282,7 @@ class Engine:
     def query_brain(self, store: str, image_embedding: np.ndarray, *, space: dict | None = None,
                     k: int = 16) -> list[list[dict]]:
         """Brain retrieval: the stored brain samples nearest to an image embedding (exact)."""
-        from indexes import table as tbl
+        from mindsearch.indexes import table as tbl
 
         db = self._brain_db()
         if store not in _table_names(db):
@@ -299,7 +299,7 @@ class Engine:
         if q.shape[1] != vecs.shape[1]:
             raise MindsearchError(f"image embedding has {q.shape[1]} values, brain table {store!r} "
                                   f"holds {vecs.shape[1]}")
-        from indexes.faiss_index import as_vectors, exact_search
+        from mindsearch.indexes.faiss_index import as_vectors, exact_search
 
         # Brain tables hold thousands of trials, not millions: exact cosine, no index to keep.
         rows, scores = exact_search(as_vectors(vecs, path=space_file.parent),

@@ -8,7 +8,7 @@ with no traceback. Internal bugs stay ordinary exceptions so they keep their tra
 
 from __future__ import annotations
 
-from indexes.errors import InputError
+from mindsearch.indexes.errors import InputError
 
 
 class MindsearchError(InputError):

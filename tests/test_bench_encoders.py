@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from eval.bench_encoders import plan
-from eval.encoder_report import curve_points, render_html, render_table
+from benchmarks.bench_encoders import plan
+from mindsearch.eval.encoder_report import curve_points, render_html, render_table
 
 
 def test_plan_covers_every_part_once():

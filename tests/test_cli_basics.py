@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from mindsearch.cli.main import cli
 
 HEAVY = ("torch", "lancedb", "faiss", "diffusers", "open_clip", "sklearn", "h5py", "pandas")
 
@@ -56,7 +56,7 @@ def test_eval_retrieval_bad_input_is_one_line_exit_2(tmp_path, case):
         np.save(b, np.array([{"a": 1}] * 10, dtype=object), allow_pickle=True)
     elif case == "mismatch":
         np.save(b, np.ones((9, 4), np.float32))
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "eval", "retrieval", "--brain", str(b),
+    proc = subprocess.run([sys.executable, "-m", "mindsearch.cli.main", "eval", "retrieval", "--brain", str(b),
                            "--images", str(i)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

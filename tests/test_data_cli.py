@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 from test_data_build import make_mindeye1, make_mindeye2, make_plain
 
-from cli.main import cli
+from mindsearch.cli.main import cli
 
 
 def inspect_json(path, *extra):

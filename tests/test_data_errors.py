@@ -251,7 +251,7 @@ def test_bad_input_names_the_file(tmp_path, case):
 
 @pytest.mark.parametrize("case", CASES[:: 3], ids=lambda c: c.__name__)
 def test_cli_reports_one_error_line(tmp_path, case):
-    from cli.main import cli
+    from mindsearch.cli.main import cli
 
     target, blamed, _ = case(tmp_path / "ds")
     result = CliRunner().invoke(cli, ["data", "inspect", str(target)])

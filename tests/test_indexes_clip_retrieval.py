@@ -10,9 +10,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)
 
-from indexes import clip_retrieval as cr  # noqa: E402
-from indexes.collection import Collection  # noqa: E402
-from indexes.errors import InputError  # noqa: E402
+from mindsearch.indexes import clip_retrieval as cr  # noqa: E402
+from mindsearch.indexes.collection import Collection  # noqa: E402
+from mindsearch.indexes.errors import InputError  # noqa: E402
 
 D = 8
 

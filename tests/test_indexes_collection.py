@@ -11,10 +11,10 @@ faiss = pytest.importorskip("faiss")
 pytest.importorskip("lancedb")
 faiss.omp_set_num_threads(1)
 
-from indexes import faiss_index as fi  # noqa: E402
-from indexes import recall, table as tbl  # noqa: E402
-from indexes.collection import Collection  # noqa: E402
-from indexes.errors import InputError  # noqa: E402
+from mindsearch.indexes import faiss_index as fi  # noqa: E402
+from mindsearch.indexes import recall, table as tbl  # noqa: E402
+from mindsearch.indexes.collection import Collection  # noqa: E402
+from mindsearch.indexes.errors import InputError  # noqa: E402
 
 D = 16
 SPACE = {"name": "sim", "model": "sim-v1", "layer": "tokens", "weights": "x", "tokens": 4, "dim": D}

@@ -8,9 +8,9 @@ import pytest
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)
 
-from indexes import faiss_index as fi  # noqa: E402
-from indexes import recall  # noqa: E402
-from indexes.errors import InputError  # noqa: E402
+from mindsearch.indexes import faiss_index as fi  # noqa: E402
+from mindsearch.indexes import recall  # noqa: E402
+from mindsearch.indexes.errors import InputError  # noqa: E402
 
 
 def _unit(rng, n, d):

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.losses import clip_loss, lowlevel_loss, mixco, mixco_nce, soft_clip_loss, total_loss  # noqa: E402
-from training.schedules import (  # noqa: E402
+from mindsearch.training.losses import clip_loss, lowlevel_loss, mixco, mixco_nce, soft_clip_loss, total_loss  # noqa: E402
+from mindsearch.training.schedules import (  # noqa: E402
     cosine_anneal,
     make_optimizer,
     make_scheduler,

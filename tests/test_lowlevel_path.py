@@ -122,7 +122,7 @@ def test_train_mindeye_learns_the_vae_latents(tmp_path, small_dataset):
     from mindsearch.data.preprocess import load_split
     from mindsearch.models.encoder import MindEyeModel
     from mindsearch.runs import open_run
-    from training.trainer import TrainConfig, train_mindeye
+    from mindsearch.training.trainer import TrainConfig, train_mindeye
 
     vae_dir = _tiny_kl(tmp_path / "vae")
     cfg = TrainConfig(preset="tiny", epochs=2, batch_size=16, lr=3e-3, seed=0, use_lowlevel=True,
@@ -165,7 +165,7 @@ def test_train_mindeye_learns_the_vae_latents(tmp_path, small_dataset):
 def test_cli_refuses_vae_without_images(tmp_path, small_dataset):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from mindsearch.cli.main import cli
 
     (small_dataset / "images_32_float16.hdf5").unlink()
     vae_dir = _tiny_kl(tmp_path / "vae")

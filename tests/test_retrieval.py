@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from eval.retrieval import retrieval_scores, top1_in_pool, topk_full_pool, normalise
-from indexes.errors import InputError
+from mindsearch.eval.retrieval import retrieval_scores, top1_in_pool, topk_full_pool, normalise
+from mindsearch.indexes.errors import InputError
 
 
 def test_identity_embeddings_score_100_percent():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from mindsearch.cli.main import cli
 from mindsearch.errors import MindsearchError
 from mindsearch.io import save_tensors, write_json
 
@@ -135,7 +135,7 @@ def test_train_cli_bad_input_is_one_line(tmp_path, world):
         ["train", "--data", str(data), "--subject", "1", "--set", "no_such_setting=1", "--out", str(tmp_path / "o")],
     ]
     for argv in cases:
-        proc = subprocess.run([sys.executable, "-m", "cli.main", *argv], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "mindsearch.cli.main", *argv], capture_output=True, text=True)
         assert proc.returncode == 2, (argv, proc.stderr)
         errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
         assert len(errors) == 1 and "Traceback" not in proc.stderr

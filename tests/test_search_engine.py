@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from mindsearch.cli.main import cli
 
 TINY_CLIP = {
     "embed_dim": 16,
@@ -47,7 +47,7 @@ def picture_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sim_world(tmp_path_factory):
     from mindsearch.simulate import simulate
-    from training.ridge import train_ridge
+    from mindsearch.training.ridge import train_ridge
 
     root = tmp_path_factory.mktemp("world")
     data = simulate(root / "data", "small", seed=3, **TINY_SIM)
@@ -93,7 +93,7 @@ def test_build_and_query_folder_matches_brute_force(picture_folder, tmp_path):
 
 def test_strict_build_fails_naming_the_file(picture_folder, tmp_path):
     folder, cfg = picture_folder
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "index", "build", "--images", str(folder),
+    proc = subprocess.run([sys.executable, "-m", "mindsearch.cli.main", "index", "build", "--images", str(folder),
                            "--model", str(cfg), "--weights", "random:0", "--name", "pics",
                            "--root", str(tmp_path), "--strict"], capture_output=True, text=True)
     assert proc.returncode == 2
@@ -101,7 +101,7 @@ def test_strict_build_fails_naming_the_file(picture_folder, tmp_path):
 
 
 def test_interrupted_build_resumes_without_duplicates(picture_folder, tmp_path, monkeypatch):
-    from indexes.collection import Collection
+    from mindsearch.indexes.collection import Collection
     from mindsearch.engine import Engine
 
     folder, cfg = picture_folder
@@ -163,7 +163,7 @@ def test_bad_voxels_rejected_before_anything_runs(sim_world, tmp_path, problem):
     elif problem == "int":
         x = x.astype(np.int64)
     np.save(tmp_path / "bad.npy", x)
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "query", "--voxels", str(tmp_path / "bad.npy"),
+    proc = subprocess.run([sys.executable, "-m", "mindsearch.cli.main", "query", "--voxels", str(tmp_path / "bad.npy"),
                            "--run", str(root / "ridge"), "--index", "whatever", "--root", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
@@ -177,7 +177,7 @@ def test_run_and_index_from_different_spaces_are_refused(sim_world, picture_fold
     assert run_cli("index", "build", "--images", folder, "--model", cfg, "--weights", "random:0",
                    "--name", "pics", "--root", tmp_path).exit_code == 0
     np.save(tmp_path / "q.npy", np.zeros((1, 120), np.float32))
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "query", "--voxels", str(tmp_path / "q.npy"),
+    proc = subprocess.run([sys.executable, "-m", "mindsearch.cli.main", "query", "--voxels", str(tmp_path / "q.npy"),
                            "--run", str(root / "ridge"), "--index", "pics", "--root", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
@@ -227,7 +227,7 @@ def test_image_file_query_encodes_and_checks_the_store_space(sim_world, picture_
     assert run_cli("embed", "--run", root / "ridge", "--voxels", tmp_path / "z.npy", "--no-zscore",
                    "--out", tmp_path / "e.npy", "--store", "brains", "--root", tmp_path).exit_code == 0
     picture = folder / "img00.png"
-    base = [sys.executable, "-m", "cli.main", "query", "--image", str(picture), "--store", "brains",
+    base = [sys.executable, "-m", "mindsearch.cli.main", "query", "--image", str(picture), "--store", "brains",
             "--root", str(tmp_path)]
     proc = subprocess.run(base, capture_output=True, text=True)
     assert proc.returncode == 2 and "--model" in proc.stderr

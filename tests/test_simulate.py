@@ -154,7 +154,7 @@ def test_existing_out_refused(tiny):
 def test_cli_refuses_existing_out(tiny):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from mindsearch.cli.main import cli
 
     res = CliRunner().invoke(cli, ["simulate", str(tiny)])
     assert res.exit_code == 2
@@ -174,7 +174,7 @@ def test_bad_settings(tmp_path):
 def test_cli_writes(tmp_path):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from mindsearch.cli.main import cli
 
     args = ["simulate", str(tmp_path / "w"), "--subjects", "2", "--seed", "1", "--layout", "both"]
     for k, v in TINY.items():

@@ -13,7 +13,7 @@ pytest.importorskip("accelerate")
 
 from mindsearch.models import from_pretrained  # noqa: E402
 from mindsearch.models.encoder import load_run_encoder  # noqa: E402
-from training.trainer import TrainConfig, epoch_order, top1_accuracy, train_arrays  # noqa: E402
+from mindsearch.training.trainer import TrainConfig, epoch_order, top1_accuracy, train_arrays  # noqa: E402
 
 T, D = 3, 16
 
@@ -159,7 +159,7 @@ def test_train_mindeye_on_simulated_dataset(tmp_path):
     from mindsearch.data.preprocess import load_split
     from mindsearch.runs import open_run
     from mindsearch.simulate import simulate
-    from training.trainer import train_mindeye
+    from mindsearch.training.trainer import train_mindeye
 
     data = simulate(tmp_path / "ds", preset="small", n_voxels=120, n_shared=40, n_unique=120, image_size=16,
                     tokens=T, dim=D, mc_max_draws=20, mc_min_draws=5)

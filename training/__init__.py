@@ -11,7 +11,7 @@ __all__ = ["TrainConfig", "train_arrays", "train_mindeye"]
 
 def __getattr__(name):
     if name in __all__:
-        from training import trainer
+        from mindsearch.training import trainer
 
         return getattr(trainer, name)
     raise AttributeError(name)

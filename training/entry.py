@@ -20,7 +20,7 @@ def train_encoder(data, subject: int | None = None, out=None, *, subjects=None, 
                   batch_size: int | None = None, device: str = "cpu", seed: int = 0,
                   resume: bool = False, progress=None, show_progress: bool = True, vae=None,
                   vae_size: int | None = None, **overrides) -> dict:
-    from training.trainer import TrainConfig, train_mindeye
+    from mindsearch.training.trainer import TrainConfig, train_mindeye
 
     if out is None:
         raise MindsearchError("--out is required")

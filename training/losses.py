@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.schedules import cosine_anneal
+from mindsearch.training.schedules import cosine_anneal
 
 VAE_SCALE = 0.18215  # Stable Diffusion VAE latent scale; MindEye1 divides the L1 loss by it
 

@@ -222,7 +222,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 def _phase(cfg: TrainConfig, epoch: int) -> tuple[str, float]:
     """Which contrastive loss this epoch uses, and its temperature."""
-    from training.schedules import mixup_epochs, softclip_temperature
+    from mindsearch.training.schedules import mixup_epochs, softclip_temperature
 
     if cfg.loss == "clip":
         return "clip", cfg.clip_temp
@@ -236,7 +236,7 @@ def _step_loss(model, voxels: list, subjects: list, targets, phase: str, temp: f
                lowlevel_targets=None):
     import torch
 
-    from training.losses import clip_loss, lowlevel_loss, mixco, mixco_nce, soft_clip_loss, total_loss
+    from mindsearch.training.losses import clip_loss, lowlevel_loss, mixco, mixco_nce, soft_clip_loss, total_loss
 
     perm = betas = None
     if phase == "bimixco":
@@ -361,7 +361,7 @@ def train_arrays(
     from tqdm.auto import tqdm
 
     from mindsearch.models.factory import create_model, save_pretrained
-    from training.schedules import make_optimizer, make_scheduler
+    from mindsearch.training.schedules import make_optimizer, make_scheduler
 
     t_start = time.time()
     out_dir = Path(out_dir)
@@ -643,7 +643,7 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
             info["from_run"] = str(from_run)
         low_lookup = overrides = None
         if vae is not None:
-            from training.lowlevel import prepare_lowlevel, vae_device
+            from mindsearch.training.lowlevel import prepare_lowlevel, vae_device
 
             if not cfg.use_lowlevel:
                 cfg = dataclasses.replace(cfg, use_lowlevel=True)

@@ -1,7 +1,7 @@
 """Search benchmark: exact vs ANN over synthetic 768-d CLIP-like vectors, with brain-style queries.
 
-    python -m eval.bench_search --quick
-    python -m eval.bench_search --sizes 10000,73000,1000000 --out bench_search.json
+    python -m benchmarks.bench_search --quick
+    python -m benchmarks.bench_search --sizes 10000,73000,1000000 --out bench_search.json
 
 For each size N it reports, for exact (``Flat``) and ANN (IVF-Flat by default, nprobe tuned on a
 separate set of brain-style queries; ``--ann hnsw`` for HNSW32 with efSearch tuned):
@@ -89,7 +89,7 @@ def _timed(fn, reps: int, budget_s: float) -> np.ndarray:
 
 def latency(index, queries: np.ndarray, path: Path, *, budget_s: float, faiss, params: dict) -> dict:
     """Cold (fresh read of the file, first search) and warm latency, 1 query and a batch of 300."""
-    from indexes import faiss_index as fi
+    from mindsearch.indexes import faiss_index as fi
 
     out = {}
     for label, q in (("1", queries[:1]), ("300", queries[:300])):
@@ -111,8 +111,8 @@ def latency(index, queries: np.ndarray, path: Path, *, budget_s: float, faiss, p
 
 
 def tune(index, queries, truth, name: str, ladder, target: float, faiss) -> tuple[int, list]:
-    from indexes import faiss_index as fi
-    from indexes.recall import recall_at_k
+    from mindsearch.indexes import faiss_index as fi
+    from mindsearch.indexes.recall import recall_at_k
 
     tried = []
     for v in ladder:
@@ -126,8 +126,8 @@ def tune(index, queries, truth, name: str, ladder, target: float, faiss) -> tupl
 
 
 def bench_size(n: int, args, synth: Synth, faiss, tmp: Path) -> list[dict]:
-    from indexes import faiss_index as fi
-    from indexes.recall import recall_at_k
+    from mindsearch.indexes import faiss_index as fi
+    from mindsearch.indexes.recall import recall_at_k
 
     d = args.dim
     print(f"[{n}] generating {n} x {d} vectors ...", flush=True)
@@ -208,7 +208,7 @@ def bench_size(n: int, args, synth: Synth, faiss, tmp: Path) -> list[dict]:
 
 
 def _collection_overhead(x, key, params, queries, root: Path, args, faiss) -> dict:
-    from indexes.collection import Collection
+    from mindsearch.indexes.collection import Collection
 
     n, d = x.shape
     coll = Collection.create(root, "bench", {"name": "synthetic", "dim": d}, d)
@@ -238,7 +238,7 @@ def _collection_overhead(x, key, params, queries, root: Path, args, faiss) -> di
 
 
 def _nl(key: str) -> int:
-    from indexes import faiss_index as fi
+    from mindsearch.indexes import faiss_index as fi
 
     return fi.ivf_nlist(key)
 
@@ -266,7 +266,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_search", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_search", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,73000,1000000", help="comma-separated collection sizes")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--queries", type=int, default=300, help="brain-style evaluation queries (and as many for tuning)")

@@ -1,6 +1,6 @@
 """Encoder benchmark on a simulated dataset: ridge vs the MindEye-style encoder vs the ceiling.
 
-    python -m eval.bench_encoders --data DIR [--parts main,losses,heads,curve,fewshot]
+    python -m benchmarks.bench_encoders --data DIR [--parts main,losses,heads,curve,fewshot]
         [--subject 1] [--jobs 2] [--out bench_encoders.json] [--report bench_encoders.html]
 
 Parts (each a set of training runs, every run a ``mindsearch train`` subprocess so its wall time
@@ -96,7 +96,7 @@ def run_one(job: dict, work: Path, threads: int) -> dict:
     if (out / "model.safetensors").is_file() and (work / f"{job['name']}.train.json").is_file():
         return json.loads((work / f"{job['name']}.train.json").read_text())
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "cli.main", "train", *job["args"]]
+    cmd = [sys.executable, "-m", "mindsearch.cli.main", "train", *job["args"]]
     log = open(work / f"{job['name']}.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -122,7 +122,7 @@ def _peak_rss_of(log: Path):
 
 
 def score(work: Path, name: str, data: Path, averages=("betas", "outputs")) -> dict:
-    from eval.run_eval import evaluate_run
+    from mindsearch.eval.run_eval import evaluate_run
 
     out = {}
     for avg in averages:
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         work(job)
     results["machine"]["load_after"] = os.getloadavg()
     _save(results, args.out)
-    from eval.encoder_report import render_html, render_table
+    from mindsearch.eval.encoder_report import render_html, render_table
 
     print(render_table(results))
     args.report.write_text(render_html(results))

@@ -2,7 +2,7 @@
 the forward pass) against a bare open_clip forward loop over the same images already decoded
 and preprocessed. Target: the pipeline reaches >= 0.9x the bare loop's images/s.
 
-    python -m eval.bench_embed [--quick] [--n 256] [--batch-size 32] [--out bench.json]
+    python -m benchmarks.bench_embed [--quick] [--n 256] [--batch-size 32] [--out bench.json]
 
 Random-weight ViT-B-32 on CPU (no download); images are synthetic 425x425 JPEGs (NSD stimulus
 size) written to a temporary folder. Runs alternate bare/pipeline to spread load drift; the
@@ -154,7 +154,7 @@ def _table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_embed", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_embed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 images, 1 repeat")
     ap.add_argument("--n", type=int, default=None, help="images (default 256; --quick 64)")
     ap.add_argument("--batch-size", type=int, default=32)
