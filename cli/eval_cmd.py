@@ -41,7 +41,7 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
         scores = evaluate_run(run_dir, data, average=average, pool=pool, loops=loops, seed=seed,
                               subject=subject, embedding=embedding)
     elif brain and images:
-        from mindsearch.eval.retrieval import retrieval_scores
+        from mindsearch.retrieval import retrieval_scores
         from mindsearch.voxels import load_npy
 
         arrays = [load_npy(p, what="embedding array", min_ndim=2) for p in (brain, images)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mindsearch.eval.retrieval import average_by_group, retrieval_scores
+from mindsearch.retrieval import average_by_group, retrieval_scores
 from mindsearch.errors import MindsearchError
 
 AVERAGING = ("betas", "outputs", "single")

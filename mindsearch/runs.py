@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mindsearch.data.preprocess import ZScore
 from mindsearch.errors import MindsearchError
 from mindsearch.io import load_tensors, read_json
 
@@ -30,41 +31,6 @@ def _resolve(target: str):
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-@dataclass
-class ZScore:
-    """Per-session training statistics, plus pooled ones for voxels of unknown session."""
-
-    sessions: list[int]
-    mean: np.ndarray  # (S, V)
-    std: np.ndarray  # (S, V)
-    global_mean: np.ndarray  # (V,)
-    global_std: np.ndarray  # (V,)
-
-    def apply(self, voxels: np.ndarray, session: int | None = None) -> np.ndarray:
-        if session is not None and session in self.sessions:
-            i = self.sessions.index(session)
-            mean, std = self.mean[i], self.std[i]
-        else:
-            mean, std = self.global_mean, self.global_std
-        return ((np.asarray(voxels, dtype=np.float32) - mean) / std).astype(np.float32)
-
-    def to_tensors(self) -> dict:
-        return {"sessions": np.asarray(self.sessions, dtype=np.int64), "mean": self.mean,
-                "std": self.std, "global_mean": self.global_mean, "global_std": self.global_std}
-
-    @classmethod
-    def from_tensors(cls, t: dict) -> "ZScore":
-        return cls([int(s) for s in t["sessions"]], t["mean"], t["std"], t["global_mean"],
-                   t["global_std"])
-
-    @classmethod
-    def from_split(cls, z) -> "ZScore":
-        """From the data layer's ZScore (mindsearch.data.preprocess) or this class."""
-        return cls([int(s) for s in z.sessions], np.asarray(z.mean, np.float32),
-                   np.asarray(z.std, np.float32), np.asarray(z.global_mean, np.float32),
-                   np.asarray(z.global_std, np.float32))
 
 
 @dataclass

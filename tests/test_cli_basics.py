@@ -13,20 +13,47 @@ from mindsearch.cli.main import cli
 HEAVY = ("torch", "lancedb", "faiss", "diffusers", "open_clip", "sklearn", "h5py", "pandas")
 
 
-def test_help_imports_no_heavy_library():
-    code = ("import sys; from cli.main import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+def _help_in_fresh_process(*args: str) -> list[str]:
+    code = ("import sys; from mindsearch.cli.main import main\n"
+            f"try:\n    main({list(args) + ['--help']!r})\nexcept SystemExit:\n    pass\n"
             f"print('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "Commands" in out.stdout
-    assert out.stdout.strip().splitlines()[-1] == "HEAVY:"  # no heavy module was imported
+    return out.stdout.strip().splitlines()
+
+
+def test_help_imports_no_heavy_library():
+    lines = _help_in_fresh_process()
+    assert any("Commands" in line for line in lines)
+    assert lines[-1] == "HEAVY:"  # no heavy module was imported
+
+
+def _all_commands(group, prefix=()):
+    """Every (sub)command path below a click group, registered lazily or not."""
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        yield (*prefix, name)
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, (*prefix, name))
 
 
 def test_every_registered_command_has_help():
+    from mindsearch.cli.main import COMMANDS
+
+    paths = list(_all_commands(cli))
+    assert {p[0] for p in paths} == set(COMMANDS)  # every registered command is reachable
     runner = CliRunner()
-    for name in ["eval", "train", "demo"]:
-        result = runner.invoke(cli, [name, "--help"])
-        assert result.exit_code == 0, result.output
+    for path in paths:
+        result = runner.invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage: " in result.output and path[-1] in result.output
+
+
+@pytest.mark.parametrize("name", ["query", "index", "train", "eval"])
+def test_command_help_imports_no_heavy_library(name):
+    assert _help_in_fresh_process(name)[-1] == "HEAVY:"
 
 
 def test_eval_retrieval_on_arrays_json(tmp_path):

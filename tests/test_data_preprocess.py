@@ -99,7 +99,7 @@ def test_no_zscore_returns_raw_voxels_and_stats_roundtrip(tmp_path):
         np.testing.assert_array_equal(raw.voxels, vox[raw.trials])
         z = load_split(ds, 1, "test").zscore
     assert np.isfinite(z.apply(vox, table.session)).all()  # constant voxel: std floored, no inf
-    again = ZScore.from_tensors(z.as_tensors())
+    again = ZScore.from_tensors(z.to_tensors())
     np.testing.assert_array_equal(again.apply(vox, table.session), z.apply(vox, table.session))
     np.testing.assert_allclose(z.apply(vox[:2], None), (vox[:2] - z.global_mean) / z.global_std, rtol=1e-6)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mindsearch.eval.retrieval import retrieval_scores, top1_in_pool, topk_full_pool, normalise
+from mindsearch.retrieval import normalise, pools, retrieval_scores, top1_full_pool, top1_in_pool, topk_full_pool
 from mindsearch.indexes.errors import InputError
 
 
@@ -45,11 +45,33 @@ def test_directions_are_not_swapped():
 def test_pools_match_mindeye2_sampler():
     # MindEye2: seed_everything(42) then np.random.choice(n, 300, replace=False) per loop.
     np.random.seed(42)
-    expected = [np.random.choice(1000, 300, replace=False) for _ in range(3)]
-    rs = np.random.RandomState(42)
-    got = [rs.choice(1000, 300, replace=False) for _ in range(3)]
+    expected = [np.random.choice(1000, 300, replace=False) for _ in range(30)]
+    got = pools(1000, 300, 30, 42)
+    assert len(got) == 30
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_scores_use_exactly_those_pools():
+    # Only items 0..9 are decodable; the protocol's score must equal the share of pool members
+    # among them, loop by loop, for the pools the MindEye2 sampler draws.
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(1000, 32))
+    brain = -images  # every own image is the worst match...
+    brain[:10] = images[:10]  # ...except for items 0..9, which always win
+    np.random.seed(42)
+    expected = np.mean([np.isin(np.random.choice(1000, 300, replace=False), np.arange(10)).mean()
+                        for _ in range(30)])
+    s = retrieval_scores(brain, images)
+    assert s["brain_to_image_top1"] == pytest.approx(expected, abs=1e-12)
+    assert s["brain_to_image_top1"] > 0
+
+
+def test_ties_count_as_misses_everywhere():
+    x = np.ones((5, 4), dtype=np.float32)  # every candidate ties
+    assert retrieval_scores(x, x, pool=5, loops=2)["brain_to_image_top1"] == 0.0
+    assert top1_full_pool(x, x) == (0.0, 0.0)
+    assert top1_full_pool(np.eye(4), np.eye(4)) == (1.0, 1.0)
 
 
 def test_hand_computed_pool():

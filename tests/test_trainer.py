@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,8 @@ pytest.importorskip("accelerate")
 
 from mindsearch.models import from_pretrained  # noqa: E402
 from mindsearch.models.encoder import load_run_encoder  # noqa: E402
-from mindsearch.training.trainer import TrainConfig, epoch_order, top1_accuracy, train_arrays  # noqa: E402
+from mindsearch.retrieval import top1_full_pool  # noqa: E402
+from mindsearch.training.trainer import TrainConfig, epoch_order, train_arrays  # noqa: E402
 
 T, D = 3, 16
 
@@ -82,8 +81,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, stop_at):
 def test_run_directory_and_encoder(tmp_path):
     targets, vox, ids = _world()
     v = vox[1].shape[1]
-    z = SimpleNamespace(sessions=[1, 2], mean=np.zeros((2, v), np.float32), std=np.ones((2, v), np.float32),
-                        global_mean=np.zeros(v, np.float32), global_std=np.ones(v, np.float32))
+    from mindsearch.data.preprocess import ZScore
+
+    z = ZScore(mean=np.zeros((2, v), np.float32), std=np.ones((2, v), np.float32), sessions=[1, 2],
+               global_mean=np.zeros(v, np.float32), global_std=np.ones(v, np.float32))
     info = {"space": {"name": "sim", "tokens": T, "dim": D}, "data": {"path": "x", "fingerprint": "abc"}}
     run = tmp_path / "run"
     train_arrays(vox, ids, targets, _cfg(epochs=1, loss="clip"), run, progress=False, zscore={1: z},
@@ -148,8 +149,8 @@ def test_config_and_helpers():
     assert np.array_equal(epoch_order(0, 1, 1, 10), epoch_order(0, 1, 1, 10))
     assert not np.array_equal(epoch_order(0, 1, 1, 50), epoch_order(0, 2, 1, 50))
     x = np.eye(4)
-    assert top1_accuracy(x, x) == (1.0, 1.0)
-    assert top1_accuracy(x, x[::-1].copy()) == (0.0, 0.0)
+    assert top1_full_pool(x, x) == (1.0, 1.0)
+    assert top1_full_pool(x, x[::-1].copy()) == (0.0, 0.0)
 
 
 def test_train_mindeye_on_simulated_dataset(tmp_path):

@@ -14,14 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from mindsearch.errors import MindsearchError
+from mindsearch.retrieval import top1_full_pool
 
 ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
-
-
-def _top1(pred: np.ndarray, targets: np.ndarray) -> float:
-    p = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
-    t = targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
-    return float(np.mean(np.argmax(p @ t.T, axis=1) == np.arange(len(p))))
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, seed: int = 0,
@@ -40,7 +35,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, seed: 
     scores = {}
     for a in alphas:
         pred = (xv * (s / (s**2 + a))) @ uty + y_mean
-        scores[a] = _top1(pred, y[val])
+        scores[a] = top1_full_pool(pred, y[val])[0]
     best = max(alphas, key=lambda a: (scores[a], a))  # ties: the stronger regularisation
     return best, {"val_top1": {f"{a:g}": v for a, v in scores.items()}, "n_val": int(n_val)}
 
@@ -61,7 +56,7 @@ def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str
     from mindsearch.data.preprocess import load_split
     from mindsearch.io import atomic_path, save_tensors, write_json
     from mindsearch.provenance import stamp
-    from mindsearch.runs import RUN_FORMAT, ZScore
+    from mindsearch.runs import RUN_FORMAT
 
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
@@ -101,7 +96,7 @@ def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str
                       "seconds": round(time.perf_counter() - t0, 2)},
             **stamp(),
         }
-        zscore = ZScore.from_split(split.zscore)
+        zscore = split.zscore
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()

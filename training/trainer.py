@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from mindsearch.errors import MindsearchError
+from mindsearch.retrieval import top1_full_pool
 
 LOSSES = ("bimixco_softclip", "clip", "bimixco", "softclip")
 CKPT_DIR = "checkpoint"
@@ -104,20 +105,6 @@ class TrainConfig:
 def epoch_order(seed: int, epoch: int, subject: int, n: int) -> np.ndarray:
     """The shuffled trial order of one subject's epoch: a pure function, so resuming recomputes it."""
     return np.random.default_rng([int(seed), int(epoch), int(subject)]).permutation(n)
-
-
-def top1_accuracy(brain: np.ndarray, images: np.ndarray) -> tuple[float, float]:
-    """(brain->image, image->brain) top-1 where row i of both is the same item (cosine on flattened).
-
-    A deliberately tiny copy of the evaluation's core: ``training`` must not import ``eval``.
-    """
-    b = brain.reshape(len(brain), -1).astype(np.float64)
-    i = images.reshape(len(images), -1).astype(np.float64)
-    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
-    i /= np.linalg.norm(i, axis=1, keepdims=True) + 1e-12
-    sim = b @ i.T
-    idx = np.arange(len(b))
-    return float((sim.argmax(1) == idx).mean()), float((sim.argmax(0) == idx).mean())
 
 
 def _as_lookup(targets_lookup) -> Callable[[np.ndarray], np.ndarray]:
@@ -286,7 +273,7 @@ def validate(model, val: dict, lookup, device, size: int = 300, batch: int = 256
             for i in range(0, len(rows), batch):
                 xb = torch.from_numpy(np.asarray(vox[rows[i : i + batch]], dtype=np.float32)).to(device)
                 outs.append(model([xb], [s])["disjointed"].float().cpu().numpy())
-            fwd, bwd = top1_accuracy(np.concatenate(outs), lookup(ids[rows]))
+            fwd, bwd = top1_full_pool(np.concatenate(outs), lookup(ids[rows]))
             res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd, "n": int(len(rows))}
     model.train(was_training)
     if res:
@@ -317,13 +304,12 @@ def _with_overrides(preset, overrides: dict | None):
 
 
 def _zscore_tensors(zscores: dict) -> dict:
-    """``zscore.safetensors`` in ``mindsearch.runs.ZScore`` layout for the run's first subject;
+    """``zscore.safetensors`` in ``ZScore.to_tensors`` layout for the run's first subject;
     with several subjects each one's arrays also appear as ``subjNN.<name>``."""
-    from mindsearch.runs import ZScore
 
     out = {}
     for k, (s, z) in enumerate(sorted(zscores.items())):
-        arrays = ZScore.from_split(z).to_tensors()
+        arrays = z.to_tensors()
         if k == 0:
             out.update(arrays)
         if len(zscores) > 1:
@@ -668,5 +654,5 @@ def _check_lowlevel_head(model, latent_shape, from_run) -> None:
                               from_run)
 
 
-__all__ = ["TrainConfig", "train_arrays", "train_mindeye", "validate", "top1_accuracy", "epoch_order",
+__all__ = ["TrainConfig", "train_arrays", "train_mindeye", "validate", "epoch_order",
            "save_checkpoint", "load_checkpoint", "LOSSES"]

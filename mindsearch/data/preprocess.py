@@ -27,6 +27,12 @@ MIN_TRAIN_TRIALS = 2
 
 @dataclass
 class ZScore:
+    """Per-session, per-voxel training statistics, plus pooled ones for unknown sessions.
+
+    The one z-scoring object: the data layer fits it, runs store it (``zscore.safetensors``)
+    and apply it to new voxels.
+    """
+
     mean: np.ndarray  # (n_sessions, V)
     std: np.ndarray  # (n_sessions, V), floored
     sessions: list[int]
@@ -52,7 +58,7 @@ class ZScore:
         std = np.vstack([self.std, self.global_std[None]])[rows]
         return ((voxels - mean) / std).astype(np.float32)
 
-    def as_tensors(self) -> dict:
+    def to_tensors(self) -> dict:
         """For RUN/zscore.safetensors."""
         return {"mean": self.mean, "std": self.std, "sessions": np.asarray(self.sessions, np.int64),
                 "global_mean": self.global_mean, "global_std": self.global_std}

@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mindsearch.retrieval import pools, top1_in_pool
+
 PROTOCOL = {"pool": 300, "loops": 30, "seed": 42}
-
-
-def pools(n: int, pool: int = 300, loops: int = 30, seed: int = 42) -> list[np.ndarray]:
-    """The retrieval protocol's pools (MindEye2's legacy-numpy stream)."""
-    rs = np.random.RandomState(seed)
-    p = min(pool, n)
-    return [rs.choice(n, p, replace=False) for _ in range(loops)]
 
 
 def pool_accuracy(loglik: np.ndarray, pool_list) -> tuple[float, float]:
@@ -39,10 +34,9 @@ def pool_accuracy(loglik: np.ndarray, pool_list) -> tuple[float, float]:
         key = hash(np.sort(idx).tobytes())  # pool = whole test set: every loop is the same set
         if key not in seen:
             sub = loglik[np.ix_(idx, idx)]
-            hit = np.arange(len(idx))
             m = sub.max(axis=1, keepdims=True)
             post = sub - (m + np.log(np.exp(sub - m).sum(axis=1, keepdims=True)))
-            seen[key] = (np.mean(sub.argmax(axis=1) == hit), np.mean(post.argmax(axis=0) == hit))
+            seen[key] = (top1_in_pool(sub).mean(), top1_in_pool(post.T).mean())
         b2i.append(seen[key][0])
         i2b.append(seen[key][1])
     return float(np.mean(b2i)), float(np.mean(i2b))

@@ -12,6 +12,10 @@ own image is the most similar of the pool's images -- the search-engine directio
 the pool's brain samples. MindEye's code computes ``fwd_sim = batchwise_cosine_similarity(
 brain, clip)``, which returns the *transpose*, and arg-maxes rows: its ``fwd`` (called "image
 retrieval" in both papers) is our ``image_to_brain``, its ``bwd`` is our ``brain_to_image``.
+
+This module is the one place the metric lives: evaluation, the trainer's progress lines, the
+ridge baseline's alpha choice and the simulator's ceiling all import it, so a tie counts the
+same everywhere (as a miss).
 """
 
 from __future__ import annotations
@@ -58,11 +62,27 @@ def top1_in_pool(sim: np.ndarray) -> np.ndarray:
     return correct > others.max(axis=1)
 
 
+def pools(n: int, pool: int = 300, loops: int = 30, seed: int = 42) -> list[np.ndarray]:
+    """The protocol's pools: MindEye2's legacy-numpy stream, ``choice(n, pool, replace=False)``
+    per loop after ``RandomState(seed)``."""
+    rs = np.random.RandomState(seed)
+    p = int(min(pool, n))
+    return [rs.choice(n, p, replace=False) for _ in range(loops)]
+
+
+def top1_full_pool(brain: np.ndarray, images: np.ndarray) -> tuple[float, float]:
+    """(brain->image, image->brain) top-1 among all rows, row i of both = the same item."""
+    b, i = normalise(brain), normalise(images)
+    return topk_full_pool(b, i, 1), topk_full_pool(i, b, 1)
+
+
 def topk_full_pool(queries: np.ndarray, candidates: np.ndarray, k: int) -> float:
     """Fraction of queries whose own candidate (same row) ranks within the top k of all."""
     sim = queries @ candidates.T
     correct = np.diag(sim)[:, None]
-    rank = (sim > correct).sum(axis=1)  # number of strictly better candidates
+    # others at least as good as the own candidate (the own one counts itself once): a tie
+    # ranks behind, as in top1_in_pool
+    rank = (sim >= correct).sum(axis=1) - 1
     return float(np.mean(rank < k))
 
 
@@ -79,10 +99,8 @@ def retrieval_scores(
     if n < 2:
         raise InputError(f"need at least 2 test items, got {n}")
     pool = int(min(pool, n))
-    rs = np.random.RandomState(seed)
     b2i, i2b = [], []
-    for _ in range(loops):
-        idx = rs.choice(n, pool, replace=False)
+    for idx in pools(n, pool, loops, seed):
         sim = b[idx] @ im[idx].T  # rows: brain samples, columns: images
         b2i.append(top1_in_pool(sim).mean())
         i2b.append(top1_in_pool(sim.T).mean())
