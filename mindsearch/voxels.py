@@ -12,13 +12,10 @@ from mindsearch.errors import MindsearchError
 
 def load_npy(path: str | Path, *, what: str = "array", min_ndim: int = 1, mmap: bool = False) -> np.ndarray:
     """A finite floating-point array from a .npy file, or one clear error naming the file."""
+    from mindsearch.data.arrays import read_npy
+
     path = Path(path)
-    if not path.is_file():
-        raise MindsearchError("file not found", path)
-    try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except Exception as exc:  # numpy raises ValueError/OSError variants for bad files
-        raise MindsearchError(f"not a readable .npy array ({exc})", path) from None
+    x = read_npy(path, mmap=mmap)  # header checked against the file size before any allocation
     if x.ndim < min_ndim:
         raise MindsearchError(f"expected a {what} with at least {min_ndim} dimensions, got shape {x.shape}", path)
     if not np.issubdtype(x.dtype, np.floating):
@@ -40,4 +37,6 @@ def load_voxels(path: str | Path) -> np.ndarray:
         x = x[None]
     if x.ndim != 2:
         raise MindsearchError(f"expected (trials, voxels) or (voxels,), got shape {x.shape}", path)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise MindsearchError(f"no voxels to encode (shape {x.shape})", path)
     return x

@@ -7,11 +7,13 @@ Every reader keeps its file open lazily and reads only the rows asked for, so a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -25,6 +27,63 @@ def short(exc: BaseException) -> str:
     """One line of an exception message (h5py's are multi-line)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reading(path) -> Iterator[None]:
+    """Whatever a reader library raises while reading ``path`` becomes one error naming it.
+
+    The readers already turn the failures they expect into precise messages; this is the net
+    for the rest (h5py, pandas and numpy raise many types for damaged files).
+    """
+    try:
+        yield
+    except MindsearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- the policy: a known file's failure is the user's input
+        raise MindsearchError(f"cannot read ({type(exc).__name__}: {short(exc)})", path) from None
+
+
+def check_npy_header(f, size: int, path, what: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """Read a .npy header from ``f`` and refuse it unless the data it declares is all there.
+
+    Run before ``np.load`` so a 4 KB file declaring shape (10**12,) is one error, not an
+    allocation of terabytes; object arrays (pickles) are refused here too. Returns (shape, dtype).
+    """
+    fmt = np.lib.format
+    lead = "not a readable .npy file" if what is None else f"{what} is not a readable .npy file"
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:  # 3.0 (utf-8 field names) has no public reader
+            shape, _, dtype = fmt._read_array_header(f, version)
+    except Exception as exc:  # noqa: BLE001 -- numpy raises ValueError, SyntaxError, EOFError...
+        raise MindsearchError(f"{lead} ({short(exc)})", path) from None
+    if dtype.hasobject:
+        raise MindsearchError(f"{lead}: it holds Python objects ({dtype}) and pickles are never loaded", path)
+    need = math.prod(int(n) for n in shape) * dtype.itemsize
+    have = size - f.tell()
+    if need > have:
+        raise MindsearchError(f"{lead}: its header declares shape {tuple(shape)} {dtype} ({need:,} bytes) "
+                              f"but it holds {max(have, 0):,} bytes of data (truncated?)", path)
+    return tuple(int(n) for n in shape), dtype
+
+
+def read_npy(path, *, mmap: bool = True) -> np.ndarray:
+    """The one checked .npy file reader: header checked against the file size, never unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise MindsearchError("file not found", path)
+    with reading(path):
+        with open(path, "rb") as f:
+            check_npy_header(f, os.fstat(f.fileno()).st_size, path)
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise MindsearchError(f"not a readable .npy file, truncated? ({short(exc)})", path) from None
 
 
 def cache_dir(root: Path) -> Path:
@@ -150,12 +209,7 @@ class NpyMatrix(Matrix):
 
     def __init__(self, path: Path, cache: Path | None = None, values: dict | None = None):
         self.path = Path(path)
-        try:
-            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
-            raise MindsearchError("file not found", self.path) from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise MindsearchError(f"not a readable .npy file, truncated? ({short(exc)})", self.path) from None
+        arr = read_npy(self.path)
         _check_matrix(arr.shape, arr.dtype, self.path)
         self._arr = arr
         self.shape = (int(arr.shape[0]), int(arr.shape[1]))
@@ -180,14 +234,20 @@ def open_h5(path: Path):
         raise MindsearchError("file not found", path)
     try:
         return h5py.File(path, "r")
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- OSError mostly; h5py raises others for damaged files
         raise MindsearchError(f"not a readable HDF5 file, truncated? ({short(exc)})", path) from None
 
 
 def h5_dataset(f, keys: tuple[str, ...], path: Path):
+    import h5py
+
     for key in keys:
         if key in f:
-            return f[key]
+            with reading(path):
+                ds = f[key]
+            if not isinstance(ds, h5py.Dataset):
+                raise MindsearchError(f"{key!r} is a {type(ds).__name__}, not a dataset", path)
+            return ds
     found = ", ".join(sorted(f.keys())) or "nothing"
     want = " or ".join(repr(k) for k in keys)
     raise MindsearchError(f"no dataset {want} (found: {found})", path)
@@ -204,12 +264,17 @@ class H5Matrix(Matrix):
     def __init__(self, path: Path, keys: tuple[str, ...], cache: Path | None = None):
         self.path = Path(path)
         self._file = open_h5(self.path)
-        self._ds = h5_dataset(self._file, keys, self.path)
-        _check_matrix(self._ds.shape, self._ds.dtype, self.path)
-        self.shape = (int(self._ds.shape[0]), int(self._ds.shape[1]))
-        self._window = max(1, CHUNK_BYTES // (4 * max(self.n_cols, 1)))
-        self.values = checked_values(
-            self.path, cache, lambda: scan_values(self.block, self.n_rows, self.n_cols, self.path))
+        try:
+            self._ds = h5_dataset(self._file, keys, self.path)
+            with reading(self.path):
+                _check_matrix(self._ds.shape, self._ds.dtype, self.path)
+            self.shape = (int(self._ds.shape[0]), int(self._ds.shape[1]))
+            self._window = max(1, CHUNK_BYTES // (4 * max(self.n_cols, 1)))
+            self.values = checked_values(
+                self.path, cache, lambda: scan_values(self.block, self.n_rows, self.n_cols, self.path))
+        except BaseException:
+            self.close()
+            raise
 
     def block(self, lo: int, hi: int) -> np.ndarray:
         return self._guard(lambda: self._ds[lo:hi])
@@ -217,7 +282,7 @@ class H5Matrix(Matrix):
     def _guard(self, read):
         try:
             return read()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- OSError mostly; h5py raises others for damaged chunks
             raise MindsearchError(f"cannot read voxels, truncated or corrupt? ({short(exc)})", self.path) from None
 
     def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
@@ -258,7 +323,11 @@ class H5Images:
         self._ds = h5_dataset(self._file, ("images",), self.path)
         shape = tuple(int(s) for s in self._ds.shape)
         if len(shape) != 4 or shape[1] != 3:
+            self.close()
             raise MindsearchError(f"images must be (N, 3, H, W), got shape {shape}", self.path)
+        if not np.issubdtype(self._ds.dtype, np.number):
+            self.close()
+            raise MindsearchError(f"images must be numbers in [0, 1], got dtype {self._ds.dtype}", self.path)
         self.n = shape[0]
         self.shape = shape[1:]
 
@@ -275,7 +344,7 @@ class H5Images:
         uniq, inverse = np.unique(ids, return_inverse=True)
         try:
             data = self._ds[uniq]
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- OSError mostly; h5py raises others for damaged chunks
             raise MindsearchError(f"cannot read images ({short(exc)})", self.path) from None
         return np.asarray(data, dtype=np.float32)[inverse]
 
@@ -291,7 +360,7 @@ class Targets:
     def __init__(self, path: Path, ids, space: dict | None, name: str):
         self.path = Path(path)
         self.name = name
-        arr = _load_npy(self.path)
+        arr = read_npy(self.path)
         if arr.ndim == 2:  # a pooled (n, dim) target is one token
             arr = arr[:, None, :]
         if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.floating):
@@ -300,7 +369,7 @@ class Targets:
         self._arr = arr
         if isinstance(ids, (str, Path)):
             ids_path = Path(ids)
-            ids = _load_npy(ids_path, mmap=False)
+            ids = read_npy(ids_path, mmap=False)
         else:
             ids_path = self.path
         ids = np.asarray(ids)
@@ -338,17 +407,16 @@ class Targets:
             raise MindsearchError(f"no target for image id {int(ids[~ok][0])}", self.path)
         rows = self._order[np.searchsorted(self._sorted, ids)]
         uniq, inverse = np.unique(rows, return_inverse=True)
-        return np.asarray(self._arr[uniq], dtype=np.float32)[inverse]
+        with reading(self.path):
+            out = np.asarray(self._arr[uniq], dtype=np.float32)
+        # Checked per read (targets can be tens of GB): a NaN target would train a NaN model.
+        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        if not finite.all():
+            bad = int(self.ids[uniq[np.flatnonzero(~finite)[0]]])
+            raise MindsearchError(f"non-finite values (NaN or Inf) in the target of image id {bad}", self.path)
+        return out[inverse]
 
     def close(self) -> None:
         self._arr = None
 
 
-def _load_npy(path: Path, mmap: bool = True) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise MindsearchError("file not found", path)
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise MindsearchError(f"not a readable .npy file, truncated? ({short(exc)})", path) from None

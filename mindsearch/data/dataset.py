@@ -197,12 +197,20 @@ def open_dataset(path, targets=None, *, ids=None, voxels=None) -> BrainDataset:
     ``targets``: a name under ``DIR/targets/`` or a path to a ``.npy`` (ids from ``ids=`` or
     ``{stem}_ids.npy`` beside it). ``voxels``: the voxel file when ``path`` is a trial table.
     """
-    from mindsearch.data import targets as target_sets
-    from mindsearch.io import read_json
+    from mindsearch.data.arrays import reading
 
     path = Path(path)
     if not path.exists():
         raise MindsearchError("no such file or directory", path)
+    # The readers name the file they fail on; this net names the dataset for anything left.
+    with reading(path):
+        return _open(path, targets, ids, voxels)
+
+
+def _open(path: Path, targets, ids, voxels) -> BrainDataset:
+    from mindsearch.data import targets as target_sets
+    from mindsearch.io import read_json
+
     if path.is_file():
         if path.suffix.lower() not in (".csv", ".parquet"):
             raise MindsearchError("not a dataset directory or a trial table (.csv/.parquet)", path)

@@ -132,9 +132,13 @@ def load_npy(data: bytes, what: str, path: Path) -> np.ndarray:
             if len(data) - end == nbytes:
                 arr = np.frombuffer(data, dtype=dtype, offset=end)
                 return arr.reshape(shape, order="F" if fortran else "C")
+    from mindsearch.data.arrays import check_npy_header
+
+    buf = io.BytesIO(data)
+    check_npy_header(buf, len(data), path, what)  # no allocation from a lying header
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- ValueError/OSError/EOFError and friends
         raise MindsearchError(f"{what} is not a readable .npy ({exc})", path) from None
     if data[:6] == b"\x93NUMPY" and data[6] == 1 and arr.dtype.hasobject is False and len(_HEADERS) < 256:
         end = 10 + int.from_bytes(data[8:10], "little")

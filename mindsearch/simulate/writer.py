@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mindsearch.errors import MindsearchError
-from mindsearch.io import atomic_path, save_tensors, write_json
+from mindsearch.io import atomic_path, crash_point, save_tensors, write_json
 from mindsearch.simulate import ceiling as ceiling_mod
 from mindsearch.simulate.encoding import SubjectModel
 from mindsearch.simulate.presets import resolve
@@ -59,6 +59,7 @@ def simulate(out, preset: str = "small", subjects=None, seed: int = 0, layout: s
         used = np.unique(np.concatenate([d.image_ids for d in design.subjects.values()]))
         log(f"rendering {len(used)} images at {cfg['image_size']} px")
         images_path = _write_images(tmp, world, cfg, used, design.n_images, seed)
+        crash_point("simulate:images")  # fault tests kill -9 here and below (MINDSEARCH_TEST_KILL_AT)
         _write_targets(tmp, world, cfg, used, seed, design.n_images)
         cov, mean = world.feature_covariance()
         truth = {}
@@ -66,6 +67,7 @@ def simulate(out, preset: str = "small", subjects=None, seed: int = 0, layout: s
             log(f"subject {s}: {d.n_trials} trials x {cfg['voxels'][s]} voxels")
             model = SubjectModel(world, cfg, s, d.n_sessions, seed, cov, mean)
             truth[s] = _write_subject(tmp, cfg, d, model, seed, layout, images_path)
+            crash_point("simulate:subject")
         write_json(tmp / "ground_truth.json", {
             "protocol": dict(ceiling_mod.PROTOCOL),
             "subjects": {str(s): t for s, t in truth.items()},
@@ -80,6 +82,7 @@ def simulate(out, preset: str = "small", subjects=None, seed: int = 0, layout: s
             "n_voxels": {str(s): int(v) for s, v in cfg["voxels"].items()},
         }
         write_json(tmp / "mindsearch.json", manifest)
+        crash_point("simulate:manifest")
         if layout == "both":
             _link_shared(tmp, tmp / "mindeye1", images_path)
             write_json(tmp / "mindeye1" / "mindsearch.json", dict(manifest, layout="mindeye1"))
