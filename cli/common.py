@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -14,21 +15,100 @@ def say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, default=_default))
+def emit_json(obj, indent: int | None = None) -> None:
+    """Print ``obj`` as strict JSON: NaN and Inf become null (``json`` would write bare ``NaN``)."""
+    click.echo(json.dumps(json_safe(obj), indent=indent, allow_nan=False))
 
 
-def _default(o):
+def json_safe(o):
+    """``o`` with numpy values as Python ones, non-finite floats as None, unknown objects as str."""
+    import math
+
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, bool) or o is None or isinstance(o, (int, str)):
+        return o
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
     try:
         import numpy as np
 
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
+        if isinstance(o, (np.generic, np.ndarray)):
+            return json_safe(o.tolist())
     except ImportError:
         pass
     return str(o)
+
+
+def parse_settings(items, kinds: dict[str, set[str]], flags: dict[str, str] | None = None) -> dict:
+    """``--set KEY=VALUE`` pairs: values are JSON when they parse (true, 3, 0.5), else strings.
+
+    ``kinds``: key -> allowed type names ({"int", "None"}, empty = anything); unknown keys, values
+    of the wrong type and keys that have their own flag (``flags``: key -> flag) are refused
+    before anything is written.
+    """
+    import math
+
+    flags = flags or {}
+    out = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if key in flags:
+            raise click.BadParameter(f"{key} has its own flag: use {flags[key]}", param_hint="--set")
+        if key not in kinds:
+            raise click.BadParameter(f"unknown setting {key!r} (known: {', '.join(sorted(kinds))})",
+                                     param_hint="--set")
+        if key in out:
+            raise click.BadParameter(f"{key} is set twice", param_hint="--set")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        allowed = kinds[key]
+        ok = not allowed or any((
+            value is None and "None" in allowed,
+            isinstance(value, bool) and "bool" in allowed,
+            isinstance(value, int) and not isinstance(value, bool) and ({"int", "float"} & allowed),
+            isinstance(value, float) and math.isfinite(value) and "float" in allowed,
+            isinstance(value, str) and "str" in allowed,
+            isinstance(value, list) and "list" in allowed,
+            isinstance(value, dict) and "dict" in allowed,
+        ))
+        if not ok:
+            raise click.BadParameter(f"{key}={text} is not {' or '.join(sorted(allowed))}", param_hint="--set")
+        out[key] = value
+    return out
+
+
+def kinds_of(defaults: dict) -> dict[str, set[str]]:
+    """Allowed type names per key from example values (None: anything)."""
+    names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list", dict: "dict"}
+    return {k: ({names[type(v)]} if type(v) in names else set()) for k, v in defaults.items()}
+
+
+def check_out_dir(out) -> None:
+    """``--out`` must be a directory or not exist yet (a file there is refused, not replaced)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+
+
+@contextlib.contextmanager
+def removed_if_failed(out):
+    """Remove the ``--out`` directory a failed command created, if it is still empty."""
+    path = Path(out)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def parse_ints(text: str | None) -> list[int] | None:

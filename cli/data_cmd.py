@@ -5,9 +5,9 @@ Only click + stdlib at module level; the data layer loads inside the command.
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from mindsearch.cli.common import emit_json
 
 
 @click.group()
@@ -28,4 +28,7 @@ def inspect_cmd(path, as_json, targets, voxels):
 
     with open_dataset(path, targets=targets, voxels=voxels) as ds:
         report = inspect_dataset(ds)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    if as_json:
+        emit_json(report, indent=2)
+    else:
+        click.echo(format_report(report))

@@ -17,14 +17,15 @@ def eval_group():
 @click.option("--images", type=click.Path(dir_okay=False), help="Image embeddings .npy, row-aligned with --brain.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A trained run to score on its test set.")
 @click.option("--data", type=click.Path(), help="Dataset of the run (default: the one it was trained on).")
-@click.option("--subject", type=int, default=None, help="Subject to score (default: the run's).")
+@click.option("--subject", type=click.IntRange(min=1), default=None, help="Subject to score (default: the run's).")
 @click.option("--average", type=click.Choice(["betas", "outputs", "single"]), default="betas",
               show_default=True, help="Repetitions: average betas (MindEye1), outputs (MindEye2), or one trial.")
 @click.option("--embedding", default="disjointed", show_default=True,
               help="Which run output to score: disjointed, backbone or aligned.")
-@click.option("--pool", type=int, default=300, show_default=True)
-@click.option("--loops", type=int, default=30, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--pool", type=click.IntRange(min=2), default=300, show_default=True,
+              help="Items per pool; more than the test items: the whole set, with a notice.")
+@click.option("--loops", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, loops, seed, as_json):
     """Top-1 retrieval in pools of --pool items over --loops loops, both directions.
@@ -42,13 +43,16 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
                               subject=subject, embedding=embedding)
     elif brain and images:
         from mindsearch.retrieval import retrieval_scores
-        from mindsearch.voxels import load_npy
+        from mindsearch.voxels import check_directions, load_npy
 
-        arrays = [load_npy(p, what="embedding array", min_ndim=2) for p in (brain, images)]
+        arrays = [check_directions(load_npy(p, what="embedding array", min_ndim=2), p) for p in (brain, images)]
         scores = retrieval_scores(*arrays, pool=pool, loops=loops, seed=seed)
         scores.update(brain=str(brain), images=str(images))
     else:
         raise MindsearchError("give either --run RUN or both --brain and --images")
+    if scores["pool"] < pool:  # the protocol cannot draw more items than there are: say so
+        scores.update(pool_requested=pool, notice=f"pool {pool} > {scores['n']} test items: pools of {scores['pool']}")
+        say(f"notice: {scores['notice']}")
     if as_json:
         emit_json(scores)
         return

@@ -7,6 +7,7 @@ Sub-commands are registered by dotted path and imported only when invoked, so
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -44,12 +45,58 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Every failure is ONE stderr line ``error: <where>: <problem>``: bad input and usage
+        errors exit 2 (``<where>`` is then the command), an interrupt 130; a closed stdout 0."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except InputError as exc:  # raised outside invoke (e.g. in a callback)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `mindsearch`: the help is the answer
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(0)
+        except click.UsageError as exc:  # click would print usage, a hint and the error: three lines
+            where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "mindsearch")
+            click.echo(f"error: {where}: {_one_line(exc.format_message())} (see {where} --help)", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:  # e.g. click.FileError: still the user's input
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(0)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # `mindsearch ... --json | head -c 10`: the reader has all it wants
+            _silence_stdout()
+            ctx.exit(0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _available(target: str) -> bool:
@@ -69,11 +116,7 @@ def cli():
 
 
 def main(argv=None):
-    try:
-        cli.main(args=argv, prog_name="mindsearch", standalone_mode=True)
-    except InputError as exc:  # raised outside invoke (e.g. in a callback)
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    cli.main(args=argv, prog_name="mindsearch")
 
 
 if __name__ == "__main__":

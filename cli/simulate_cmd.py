@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from mindsearch.cli.common import kinds_of, parse_settings
 
 
 @click.command()
@@ -13,7 +13,7 @@ import click
               help="small: demo (1 subject, seconds); standard: benchmark (subjects 1,2,5,7); "
                    "nsd: NSD's real sizes (GPU machines, tens of GB).")
 @click.option("--subjects", default=None, help="Comma-separated NSD subjects, e.g. 1,2,5,7 (default: the preset's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--layout", type=click.Choice(["mindeye2", "mindeye1", "both"]), default="mindeye2",
               show_default=True, help="both: MindEye2 at OUT plus a MindEye1 copy in OUT/mindeye1.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -22,18 +22,10 @@ import click
 def simulate(out, preset, subjects, seed, layout, force, settings):
     """Write a simulated NSD-like dataset to OUT, with ground_truth.json holding the
     Bayes-optimal retrieval accuracy (the ceiling no decoder can beat)."""
-    from mindsearch.errors import MindsearchError
     from mindsearch.simulate import simulate as run
+    from mindsearch.simulate.presets import PRESETS
 
-    overrides = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MindsearchError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
+    overrides = parse_settings(settings, kinds_of(PRESETS[preset]), {"subjects": "--subjects"})
     path = run(out, preset, subjects, seed, layout, force=force,
                log=lambda msg: click.echo(msg, err=True), **overrides)
     from mindsearch.io import read_json

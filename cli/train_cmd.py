@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import click
 
-from mindsearch.cli.common import emit_json, parse_ints, peak_rss_mib, say
+from mindsearch.cli.common import (check_out_dir, emit_json, parse_ints, parse_settings, peak_rss_mib,
+                                   removed_if_failed, say)
+
+SEED = click.IntRange(0, 2**32 - 1)
+# TrainConfig fields that have a flag of their own: --set for them is refused, not merged.
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed", "device": "--device",
+         "preset": "--preset", "use_lowlevel": "--vae"}
 
 
 @click.command()
 @click.option("--data", required=True, type=click.Path(), help="Dataset directory (any supported layout).")
-@click.option("--subject", type=int, default=None, help="Subject to train (1-based, as in NSD).")
+@click.option("--subject", type=click.IntRange(min=1), default=None, help="Subject to train (1-based, as in NSD).")
 @click.option("--subjects", default=None, help="With --pretrain: subjects to pretrain on, e.g. 2,5,7.")
 @click.option("--pretrain", is_flag=True, help="Shared-subject pretraining on --subjects (MindEye2).")
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
@@ -17,18 +23,18 @@ from mindsearch.cli.common import emit_json, parse_ints, peak_rss_mib, say
 @click.option("--model", type=click.Choice(["mindeye", "ridge"]), default="mindeye", show_default=True)
 @click.option("--preset", type=click.Choice(["tiny", "light", "paper"]), default="tiny", show_default=True)
 @click.option("--sessions", default=None, help="Train only on these sessions, e.g. 1 or 1,2,3.")
-@click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
-@click.option("--batch-size", type=int, default=None, help="Override the preset's batch size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Override the preset's batch size.")
 @click.option("--average", type=click.Choice(["betas", "none"]), default=None,
               help="Ridge: fit on averaged repetitions (default) or single trials.")
-@click.option("--alpha", type=float, default=None, help="Ridge: fixed alpha (default: chosen on validation).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None, help="Ridge: fixed alpha (default: chosen on validation).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--vae", type=click.Path(), default=None,
               help="diffusers VAE directory or TAESD/TAEF2 safetensors folder; trains the low-level head "
                    "(sets use_lowlevel).")
-@click.option("--vae-size", type=int, default=None,
+@click.option("--vae-size", type=click.IntRange(min=8), default=None,
               help="With --vae: square image size the VAE encodes (default: the dataset's image size).")
 @click.option("--out", required=True, type=click.Path(), help="Run directory to write.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -38,6 +44,11 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
           average, alpha, device, seed, resume, vae, vae_size, out, settings, as_json):
     """Train a brain encoder on one subject and write a run directory (safetensors + JSON)."""
     sessions = parse_ints(sessions)
+    check_out_dir(out)
+    if model == "ridge" and settings:
+        raise click.BadParameter("applies to the MindEye trainer; ridge takes --alpha and --average",
+                                 param_hint="--set")
+    overrides = train_settings(settings)  # checked before anything is written
     if model == "ridge":
         from mindsearch.errors import MindsearchError
 
@@ -47,15 +58,17 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
             raise MindsearchError("--vae trains a MindEye low-level head; the ridge model has none")
         from mindsearch.training.ridge import train_ridge
 
-        summary = train_ridge(data, subject, out, average=average or "betas", sessions=sessions,
-                              alpha=alpha, seed=seed, progress=say)
+        with removed_if_failed(out):
+            summary = train_ridge(data, subject, out, average=average or "betas", sessions=sessions,
+                                  alpha=alpha, seed=seed, progress=say)
     else:
         from mindsearch.training.entry import train_encoder
 
-        summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
-                                from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
-                                batch_size=batch_size, device=device, seed=seed, resume=resume,
-                                progress=say, vae=vae, vae_size=vae_size, **parse_settings(settings))
+        with removed_if_failed(out):
+            summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
+                                    from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
+                                    batch_size=batch_size, device=device, seed=seed, resume=resume,
+                                    progress=say, vae=vae, vae_size=vae_size, **overrides)
     say(f"peak memory {peak_rss_mib():.0f} MiB")
     if as_json:
         emit_json(summary)
@@ -63,17 +76,13 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
         say(f"run written to {out}")
 
 
-def parse_settings(settings) -> dict:
-    """KEY=VALUE pairs; values are JSON when they parse (true, 3, 0.5), else strings."""
-    import json
+def train_settings(settings) -> dict:
+    """``--set`` pairs checked against ``TrainConfig``'s fields and their annotated types."""
+    if not settings:
+        return {}
+    import dataclasses
 
-    out = {}
-    for item in settings:
-        if "=" not in item:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    from mindsearch.training.trainer import TrainConfig
+
+    kinds = {f.name: {t.strip() for t in str(f.type).split("|")} for f in dataclasses.fields(TrainConfig)}
+    return parse_settings(settings, kinds, FLAGS)

@@ -29,10 +29,12 @@ def test_embeddings(run, ds, average: str = "betas", embedding: str = "disjointe
     same statistics the run was trained with.
     """
     from mindsearch.data.preprocess import load_split
+    from mindsearch.run_schema import check_run_data
 
     if average not in AVERAGING:
         raise MindsearchError(f"unknown averaging {average!r}; choose one of {AVERAGING}")
     subject = run.subject if subject is None else subject
+    check_run_data(run, ds, subject)  # subject, voxel count and a test split, before any encoding
     split = load_split(ds, subject, "test", zscore=True,
                        average="betas" if average == "betas" else "none")
 

@@ -21,7 +21,12 @@ class RidgeEncoder:
 
     @classmethod
     def load(cls, run_dir: str | Path, config: dict) -> "RidgeEncoder":
-        w = load_tensors(Path(run_dir) / "model.safetensors")
+        from mindsearch.run_schema import check_finite, check_ridge_shapes
+
+        path = Path(run_dir) / "model.safetensors"
+        w = load_tensors(path)
+        check_ridge_shapes({k: v.shape for k, v in w.items()}, config, path)
+        check_finite(w, path)
         return cls(w["coef"], w["intercept"], config["target_shape"])
 
     def encode(self, voxels: np.ndarray, subject: int | None = None, outputs=None) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 from mindsearch.data.preprocess import ZScore
 from mindsearch.errors import MindsearchError
 from mindsearch.io import load_tensors, read_json
+from mindsearch.run_schema import check_run
 
 RUN_FORMAT = "mindsearch-run/1"
 
@@ -129,6 +130,7 @@ def open_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise MindsearchError("run directory not found", path)
     config = read_json(path / "config.json")
+    check_run(path, config, ENCODERS)  # schema, tensor shapes and z-scores, each error naming its file
     if config.get("format") != RUN_FORMAT:
         raise MindsearchError(f"not a mindsearch run (format {config.get('format')!r}, "
                               f"expected {RUN_FORMAT!r})", path / "config.json")

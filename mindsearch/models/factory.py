@@ -133,9 +133,16 @@ def from_pretrained(directory: str | Path, device: str = "cpu"):
     directory = Path(directory)
     cfg = model_config_of(read_json(directory / "config.json"), directory / "config.json")
     model = MindEyeModel(cfg)
+    from mindsearch.run_schema import check_finite
+
     arrays = load_tensors(directory / "model.safetensors")
+    check_finite(arrays, directory / "model.safetensors")
     state = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: the weights are not this config's
+        raise MindsearchError(f"weights do not match the config ({str(exc).splitlines()[-1].strip()})",
+                              directory / "model.safetensors") from None
     if missing or unexpected:
         raise MindsearchError(
             f"weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})",
