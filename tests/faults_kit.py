@@ -1,0 +1,72 @@
+"""Shared pieces of the fault suite (tests/test_faults_*.py): run the CLI in-process, check
+the one error line, and fingerprint directories to prove nothing was lost or changed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mindsearch.cli.main import cli
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``mindsearch ARGS`` as the console script runs it."""
+    capsys.readouterr()
+    try:
+        cli.main(args=[str(a) for a in args], prog_name="mindsearch")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error(code: int, err: str, blamed) -> str:
+    """Exit 2, exactly one stderr line ``error: ...`` naming ``blamed`` (a path or a word)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(blamed) in lines[0], (str(blamed), lines[0])
+    return lines[0]
+
+
+def snapshot(root: Path, skip=(".mindsearch_cache",)) -> dict:
+    """path -> sha256 of every file under ``root`` (caches excluded): equal before and after
+    a refused command means nothing was lost or changed."""
+    root = Path(root)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if rel.parts and rel.parts[0] in skip:
+            continue
+        out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def npy_with_header(shape, dtype="<f4", version=(1, 0), body: bytes = b"\0" * 4096) -> bytes:
+    """A .npy whose header declares ``shape`` whatever the body holds (a lying header)."""
+    buf = io.BytesIO()
+    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)}
+    if version == (1, 0):
+        np.lib.format.write_array_header_1_0(buf, header)
+    else:
+        np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue() + body
+
+
+def npy_bytes(arr, allow_pickle=False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def edit_json(path: Path, fn) -> None:
+    """Rewrite a JSON file with ``fn(obj)``: its result, or ``obj`` changed in place when it returns None."""
+    obj = json.loads(Path(path).read_text())
+    new = fn(obj)
+    Path(path).write_text(json.dumps(obj if new is None else new))
