@@ -7,70 +7,19 @@ Checkpoints are safetensors + a JSON config beside them; nothing is ever unpickl
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from mindsearch.errors import MindsearchError
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
-
-    Works for files and directories (whatever the caller creates at the yielded path).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
-    try:
-        yield target
-        if not target.exists():
-            raise RuntimeError(f"atomic_path: nothing was written to {target}")
-        if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(target, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+from mindsearch.errors import InputError, MindsearchError
+from mindsearch.indexes.io import atomic_path, json_default, write_json  # noqa: F401  (the one writer)
+from mindsearch.indexes.io import read_json as _read_json
 
 
 def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise MindsearchError("file not found", path)
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MindsearchError(f"not valid JSON ({exc})", path) from None
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+        return _read_json(path)
+    except InputError as exc:
+        raise MindsearchError(exc.problem, exc.path) from None
 
 
 def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
