@@ -98,6 +98,7 @@ class Collection:
         self._index = None
         self._index_dirty = False
         self._needs_rebuild = False
+        self._checked = False       # table row count compared with the manifest (once per writer)
         self._exact_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._version: int | None = None  # version of self._table, tracked here (asking lance costs ~0.4 ms)
         self._info: dict | None = None
@@ -141,6 +142,8 @@ class Collection:
                     coll._after_lock()
                     return coll
                 raise InputError("collection already exists", path / MANIFEST)
+            for folder in (path, path / "faiss"):  # leftovers of a create killed before its commit
+                remove_stale_temporaries(folder)
             uri = table_uri or str(path / "lance")
             table_name = tbl.BRAIN_TABLE if kind == "brain" else tbl.IMAGE_TABLE
             schema = tbl.image_schema(dim, tokens_shape, extra_columns)
@@ -172,7 +175,7 @@ class Collection:
         coll = cls(root, name, manifest, storage_options=storage_options, lock=lock)
         coll._db = db
         coll._table, coll._version = table, int(table.version)
-        coll._recovered = True
+        coll._recovered = coll._checked = True
         return coll
 
     @classmethod
@@ -314,13 +317,15 @@ class Collection:
                 table.restore(pinned)  # a new version with the committed content
             self._table, self._recovered = table, True
             self._version, self._info = int(table.version), None
-            rows = int(table.count_rows())
-            if rows != int(self._m["count"]):
-                raise InputError(f"the table holds {rows} rows, the manifest says {self._m['count']} "
-                                 f"(damaged index: rebuild it)", self._location)
             if int(table.version) != pinned:
                 self._m["table"]["version"] = int(table.version)
                 self._commit()
+        if not self._checked:  # once per writer: the committed table must hold what the manifest says
+            rows = int(self._table.count_rows())
+            if rows != int(self._m["count"]) + self._pending_rows:
+                raise InputError(f"the table holds {rows} rows, the manifest says {self._m['count']} "
+                                 f"(damaged index: rebuild it)", self._location)
+            self._checked = True
         return self._table
 
     def _commit(self) -> None:

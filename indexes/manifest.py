@@ -99,9 +99,16 @@ _CHECKS = {
     and _int(v.get("version")),
     "shards": lambda v: isinstance(v, dict) and isinstance(v.get("finished"), list)
     and all(isinstance(s, str) for s in v["finished"]),
-    "index": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("file"), str)
-                                     and isinstance(v.get("key"), str) and _int(v.get("ntotal", 0))),
+    "index": lambda v: v is None or _index_record(v),
 }
+
+
+def _index_record(v: Any) -> bool:
+    params = v.get("params") if isinstance(v, dict) else None
+    return (isinstance(v, dict) and isinstance(v.get("file"), str) and isinstance(v.get("key"), str)
+            and _int(v.get("ntotal", 0)) and (v.get("rows") is None or isinstance(v["rows"], str))
+            and (params is None or (isinstance(params, dict) and all(_int(x) for x in params.values())))
+            and (v.get("dim") is None or _int(v["dim"], 1)))
 _OPTIONAL = {
     "version": _int,
     "kind": lambda v: v in KINDS,
@@ -109,7 +116,9 @@ _OPTIONAL = {
     "extra_columns": lambda v: isinstance(v, dict),
     "retired": lambda v: isinstance(v, list) and all(isinstance(r, dict) and isinstance(r.get("file"), str)
                                                      for r in v),
-    "sources": lambda v: isinstance(v, list),
+    "sources": lambda v: isinstance(v, list) and all(
+        isinstance(r, dict) and isinstance(r.get("kind"), str) and isinstance(r.get("path"), str)
+        and isinstance(r.get("shards", []), list) for r in v),
 }
 _WHAT = {"dim": "a positive integer", "count": "an integer >= 0", "next_id": "an integer >= 0",
          "tokens_shape": "null or [T, D]", "table": "{uri, name, version}", "shards": "{finished: [...]}",
@@ -140,8 +149,13 @@ def validate(man: Any, path: Path) -> dict:
 def read(index_dir: str | Path) -> dict:
     """Read and validate ``index_dir/manifest.json`` (standard library only)."""
     path = Path(index_dir) / MANIFEST
-    man = read_json(path, "index manifest (is this a mindsearch index?)")
-    return validate(man, path)
+    man = validate(read_json(path, "index manifest (is this a mindsearch index?)"), path)
+    files = [man["index"].get("file"), man["index"].get("rows")] if man["index"] else []
+    for rel in files + [r["file"] for r in man.get("retired", [])]:
+        if rel is not None:
+            faiss_file(Path(index_dir), rel, path)  # refused now, before anything opens or deletes it
+    table_location(Path(index_dir), man["table"]["uri"], path)
+    return man
 
 
 def stamp(path: Path) -> tuple:
