@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mindsearch.cli.common import emit_json, say
+from mindsearch.cli.common import emit_json, say, table
 
 ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/indexes)."
 
@@ -72,30 +72,94 @@ def build(name, images, embeddings, data, model, weights, output, store_tokens, 
             click.echo(f"{len(info['skipped'])} unreadable image(s) skipped (listed above)")
 
 
+def _manifests(root):
+    """``[(name, kind, manifest)]`` of the indexes and brain stores under the root (no LanceDB)."""
+    from mindsearch.engine import BRAIN_DIR, default_root
+    from mindsearch.indexes import manifest as mf
+
+    base = default_root(root)
+    out = []
+    for folder, kind in ((base, "images"), (base / BRAIN_DIR, "brain")):
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if not p.name.startswith(".") and (p / mf.MANIFEST).is_file():
+                out.append((p.name, kind, mf.read(p)))
+    return base, out
+
+
+def _summary(name, kind, m) -> dict:
+    idx = m.get("index") or {}
+    space = m.get("space") or {}
+    return {"name": name, "kind": m.get("kind", kind), "count": m["count"], "dim": m["dim"],
+            "tokens": "x".join(map(str, m["tokens_shape"])) if m.get("tokens_shape") else "-",
+            "faiss": idx.get("key") or "-", "space": f"{space.get('model')}/{space.get('layer')}",
+            "version": m.get("version", 0), "table_version": m["table"]["version"],
+            "updated": m.get("updated", "")}
+
+
 @index.command("list")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
-def list_(root):
-    """List the indexes under the root."""
-    from mindsearch.engine import Engine
-
-    engine = Engine(root)
-    names = engine.list()
-    if not names:
-        click.echo(f"no indexes under {engine.root}")
-    for n in names:
-        m = engine.open(n).manifest
-        click.echo(f"{n}\t{m['count']} vectors\t{(m.get('index') or {}).get('key')}\t"
-                   f"{m['space'].get('model')}/{m['space'].get('layer')}")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per index.")
+def list_(root, as_json):
+    """List the indexes and brain stores under the root (reads manifests only)."""
+    base, found = _manifests(root)
+    rows = [_summary(*f) for f in found]
+    if as_json:
+        for r in rows:
+            emit_json(r)
+        return
+    if not rows:
+        click.echo(f"no indexes under {base}")
+        return
+    cols = ["name", "kind", "count", "dim", "tokens", "faiss", "space", "version", "updated"]
+    click.echo(table([[str(r[c]) for c in cols] for r in rows], cols))
 
 
 @index.command("info")
 @click.argument("name")
+@click.option("--brain", is_flag=True, help="NAME is a brain store (see `embed --store`).")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
-def info(name, root):
-    """Print an index's manifest (space, counts, FAISS parameters, table version, recall)."""
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def info(name, brain, root, as_json):
+    """Show an index's manifest: space, counts, FAISS parameters, table version, recall."""
+    from mindsearch.engine import BRAIN_DIR, default_root
+    from mindsearch.indexes import manifest as mf
+
+    base = default_root(root) / BRAIN_DIR if brain else default_root(root)
+    mf.check_name(name, base)
+    m = mf.read(base / name)
+    if as_json:
+        emit_json(m)
+        return
+    idx = m.get("index") or {}
+    lines = [("name", name), ("kind", m.get("kind", "images")), ("path", str(base / name)),
+             ("space", ", ".join(f"{k}={v}" for k, v in m["space"].items())),
+             ("vectors", f"{m['count']} x {m['dim']}" + (f" (tokens {m['tokens_shape'][0]}x{m['tokens_shape'][1]})"
+                                                        if m.get("tokens_shape") else "")),
+             ("table", f"{m['table']['uri']} ({m['table']['name']}, version {m['table']['version']})"),
+             ("faiss", f"{idx.get('key')} {idx.get('file')} ntotal {idx.get('ntotal')} params {idx.get('params')}"
+              if idx else "not built"),
+             ("shards", str(len(m["shards"]["finished"]))), ("version", str(m.get("version", 0))),
+             ("updated", m.get("updated", ""))]
+    for label, rec in (m.get("recall") or {}).items():
+        lines.append((f"recall {label}", ", ".join(f"{k}={v}" for k, v in rec.items()
+                                                    if k.startswith("recall@") or k in ("p50_ms", "qps"))))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        click.echo(f"{label.ljust(width)}  {value}")
+
+
+@index.command("rm")
+@click.argument("name")
+@click.option("--brain", is_flag=True, help="NAME is a brain store.")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
+def rm(name, brain, root):
+    """Delete an index (or brain store), waiting for a writer that holds it."""
     from mindsearch.engine import Engine
 
-    emit_json(Engine(root).open(name).manifest)
+    path = Engine(root).remove(name, brain=brain)
+    say(f"removed {path}")
 
 
 @index.command("recall")

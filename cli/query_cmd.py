@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import click
 
-from mindsearch.cli.common import emit_json, table
+from mindsearch.cli.common import table
 
 ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/indexes)."
 
@@ -26,28 +29,37 @@ ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/i
 @click.option("--no-zscore", is_flag=True, help="The voxels are already z-scored.")
 @click.option("--k", type=int, default=16, show_default=True)
 @click.option("--no-rerank", is_flag=True, help="Skip re-ranking the shortlist with full token embeddings.")
+@click.option("--shortlist", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Pooled candidates re-ranked by token cosine (MindEye1: 16); independent of --k.")
 @click.option("--model", default=None, help="With --image FILE: open_clip model of the store's space.")
 @click.option("--weights", default=None, help="With --image FILE: weights of that model.")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per hit.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per hit (= --format json).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "parquet"]), default=None,
+              help="Output: a table per query (default), JSON lines, CSV, or Parquet (needs --out).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the hits to this file instead of stdout (required for --format parquet).")
 def query(voxels, embedding, image, store, run_dir, index_name, subject, session, no_zscore, k,
-          no_rerank, model, weights, root, as_json):
+          no_rerank, shortlist, model, weights, root, as_json, fmt, out):
     """Find the images nearest to brain samples (or, with --image --store, the reverse)."""
     from mindsearch.engine import Engine
     from mindsearch.errors import MindsearchError
 
+    fmt = _format(fmt, as_json, out)
+    if k < 1:
+        raise MindsearchError(f"--k must be at least 1, got {k}")
     engine = Engine(root)
     if image:
         if not store:
             raise MindsearchError("--image searches a brain table: give --store NAME")
         emb, space = _image_embedding(engine, image, index_name, model, weights)
         blocks = engine.query_brain(store, emb, space=space, k=k)
-        _print(blocks, as_json, ["rank", "subject", "session", "trial", "image_id", "score"],
+        _print(blocks, fmt, out, ["rank", "subject", "session", "trial", "image_id", "score", "score_kind"],
                title=lambda i: f"brain samples nearest to {image} (store {store})")
         return
     if (voxels is None) == (embedding is None):
         raise MindsearchError("give exactly one of --voxels, --embedding or --image")
-    index_name = index_name or _only_index(engine)
+    index_name = _only_index(engine) if index_name is None else index_name
     rerank = False if no_rerank else None
     if voxels:
         if not run_dir:
@@ -58,14 +70,14 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
         run = open_run(run_dir)
         x = load_voxels(voxels)
         blocks = engine.query(index_name, x, run, k=k, subject=subject, session=session,
-                              zscore=not no_zscore, rerank=rerank, source=voxels)
+                              zscore=not no_zscore, rerank=rerank, source=voxels, shortlist=shortlist)
     else:
         from mindsearch.voxels import load_npy
 
         emb = load_npy(embedding, what="embeddings")
-        blocks = engine.search(index_name, emb, k=k, rerank=rerank)
+        blocks = engine.search(index_name, emb, k=k, rerank=rerank, shortlist=shortlist)
     hits = [[h.as_dict() for h in block] for block in blocks]
-    _print(hits, as_json, ["rank", "id", "path", "score"],
+    _print(hits, fmt, out, ["rank", "id", "path", "score", "score_kind"],
            title=lambda i: f"query {i}: top {k} of index {index_name}")
 
 
@@ -101,34 +113,80 @@ def _image_embedding(engine, image, index_name, model, weights):
         return enc.encode(enc.collate([enc.prepare(picture)])), enc.space
     if not index_name:
         raise MindsearchError("--image is neither a file nor usable without --index NAME to look it up", image)
-    coll = engine.open(index_name)
-    ident = int(image) if str(image).lstrip("-").isdigit() else None
+    reader = engine.reader(index_name)
+    ident = int(image) if str(image).isdigit() else engine.find_key(index_name, str(image))
     if ident is None:
-        rows = coll.table.search().where(f"key = '{image}'").select(["id"]).limit(1).to_arrow()
-        if rows.num_rows == 0:
-            raise MindsearchError(f"no image with key {image!r} in index {index_name!r}")
-        ident = int(rows.column("id")[0].as_py())
-    cols = ["embedding"] + (["tokens"] if coll.tokens_shape else [])
-    rows = coll.fetch([ident], cols)
+        raise MindsearchError(f"no image with key {image!r} in index {index_name!r}")
+    col = "tokens" if reader.tokens_shape else "embedding"
+    table = reader.table()
+    rows = table.search().where(f"id = {int(ident)}").select([col]).limit(1).to_arrow()
     if rows.num_rows == 0:
         raise MindsearchError(f"no image with id {ident} in index {index_name!r}")
-    col = "tokens" if coll.tokens_shape else "embedding"
     emb = np.asarray(rows.column(col).to_pylist(), np.float32)
-    return emb, coll.space
+    return emb, reader.space
 
 
-def _print(blocks, as_json, columns, title):
-    if as_json:
-        for block in blocks:
-            for hit in block:
-                emit_json(hit)
+def _format(fmt, as_json, out) -> str:
+    from mindsearch.errors import MindsearchError
+
+    fmt = fmt or ("json" if as_json else "table")
+    if as_json and fmt != "json":
+        raise MindsearchError(f"--json contradicts --format {fmt}")
+    if fmt == "parquet" and not out:
+        raise MindsearchError("--format parquet writes a file: give --out FILE.parquet")
+    return fmt
+
+
+def _print(blocks, fmt, out, columns, title):
+    """Hits as a table per query, JSON lines, CSV or Parquet; every row carries its query row."""
+    rows = [{"query": i, **hit} if "query" not in hit else hit for i, block in enumerate(blocks) for hit in block]
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from mindsearch.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), str(tmp))
         return
-    for i, block in enumerate(blocks):
-        if len(blocks) > 1 or i == 0:
-            click.echo(title(i))
-        click.echo(table([[_fmt(h.get(c)) for c in columns] for h in block], columns))
-        if i + 1 < len(blocks):
-            click.echo("")
+    if fmt == "table":
+        text = []
+        for i, block in enumerate(blocks):
+            if len(blocks) > 1 or i == 0:
+                text.append(title(i))
+            text.append(table([[_fmt(h.get(c)) for c in columns] for h in block], columns))
+            if i + 1 < len(blocks):
+                text.append("")
+        text = "\n".join(text) + "\n"
+    elif fmt == "json":
+        text = "".join(json.dumps(r, default=str, allow_nan=False) + "\n" for r in rows)
+    else:
+        buf = io.StringIO()
+        names = list(dict.fromkeys(c for r in rows for c in r)) or ["query", *columns]
+        writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if out:
+        from mindsearch.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+    else:
+        _echo(text)
+
+
+def _echo(text: str) -> None:
+    """Print; a reader that closed the pipe early (``| head``) ends the command quietly with 0."""
+    import os
+    import sys
+
+    try:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(0)
 
 
 def _fmt(v):

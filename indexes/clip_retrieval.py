@@ -61,7 +61,7 @@ def read_shard(npy: str | Path, meta: str | Path | None, *, shard: str, start_id
     npy = Path(npy)
     emb = _load_npy(npy)
     n = emb.shape[0]
-    vec = np.asarray(emb, dtype=np.float32)
+    vec = np.array(emb, dtype=np.float32)  # a copy: a float32 memory map is read-only, normalised below
     if not np.isfinite(vec).all():
         raise InputError("embeddings contain NaN or infinite values", npy)
     norms = np.linalg.norm(vec, axis=1, keepdims=True)

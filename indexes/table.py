@@ -7,8 +7,12 @@ image table: ``id`` int64, ``key`` string (source path or key), ``width``/``heig
 fixed_size_list<float32>[T*D] (full token embeddings, for re-ranking), ``shard`` string, plus any
 declared metadata columns.
 
-brain table: ``subject`` int32, ``session`` int32, ``trial`` int64, ``image_id`` int64, ``run_id``
-string, ``disjointed`` and ``aligned`` fixed_size_list<float32>[T*D] (``aligned`` may be null).
+brain table (a brain store, ``kind: brain``): the image schema with ``embedding`` = the flattened
+disjointed embedding, plus ``subject``, ``session``, ``trial``, ``image_id``, ``run_id`` and ``aligned``
+(see ``mindsearch.engine``).
+
+Filters never splice text into SQL: ids are formatted from int64 arrays, strings go through
+:func:`sql_string`.
 
 Every ``append`` is one LanceDB ``add`` (= one version + one fragment): callers batch rows (a shard at
 a time) to keep fragments few. Reads always name the table version they saw.
@@ -23,13 +27,20 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from mindsearch.indexes.errors import InputError
+from mindsearch.indexes.manifest import is_uri
 
 IMAGE_TABLE = "images"
-BRAIN_TABLE = "brain"
+BRAIN_TABLE = "brain"  # the table of a brain store
 
 
-def is_uri(location: str | Path) -> bool:
-    return "://" in str(location)
+def sql_string(value: str) -> str:
+    """A SQL string literal for a LanceDB filter: quotes doubled, so a value cannot close it."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def id_list(ids) -> str:
+    """``id IN (...)`` list from integers only (an int64 array cannot carry SQL)."""
+    return ", ".join(str(int(i)) for i in np.asarray(ids, dtype=np.int64).reshape(-1))
 
 
 def connect(uri: str | Path, *, storage_options: dict | None = None):
@@ -85,24 +96,15 @@ def image_schema(dim: int, tokens_shape: tuple[int, int] | None = None,
     return pa.schema(fields, metadata=meta)
 
 
-def brain_schema(shape: tuple[int, int] | int, extra: Mapping[str, Any] | None = None):
-    """Arrow schema of a brain-prediction table; ``shape`` = (T, D) or a flat size."""
-    import pyarrow as pa
-
-    size = int(np.prod(shape))
-    fields = [pa.field("subject", pa.int32(), nullable=False), pa.field("session", pa.int32()),
-              pa.field("trial", pa.int64()), pa.field("image_id", pa.int64()),
-              pa.field("run_id", pa.string()),
-              pa.field("disjointed", vector_type(size), nullable=False),
-              pa.field("aligned", vector_type(size))]
-    for name, typ in (extra or {}).items():
-        fields.append(pa.field(name, _arrow_type(typ)))
-    return pa.schema(fields, metadata={"mindsearch.table": "brain",
-                                       "shape": "x".join(str(int(s)) for s in np.atleast_1d(shape))})
+def table_names(db) -> list[str]:
+    names = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
+    return list(getattr(names, "tables", names))
 
 
-def create_table(db, name: str, schema, *, exist_ok: bool = False):
+def create_table(db, name: str, schema, *, exist_ok: bool = False, overwrite: bool = False):
     try:
+        if overwrite:
+            return db.create_table(name, schema=schema, mode="overwrite")
         return db.create_table(name, schema=schema, exist_ok=exist_ok)
     except ValueError as exc:
         raise InputError(f"cannot create table {name!r} ({exc})", getattr(db, "uri", None)) from None
@@ -272,7 +274,7 @@ def fetch(table, ids: np.ndarray, columns: list[str] | None = None, *, id_column
     parts = []
     for start in range(0, len(uniq), 4096):
         chunk = uniq[start:start + 4096]
-        where = f"{id_column} IN ({', '.join(str(int(i)) for i in chunk)})"
+        where = f"{id_column} IN ({id_list(chunk)})"
         parts.append(table.search().where(where).select(cols).limit(len(chunk)).to_arrow())
     got = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     got_ids = got.column(id_column).to_numpy()
@@ -283,3 +285,25 @@ def fetch(table, ids: np.ndarray, columns: list[str] | None = None, *, id_column
     take = pa.array(np.where(found, order[pos], 0), mask=~found)
     out = got.take(take)
     return out.set_column(0, id_column, pa.array(ids, pa.int64()))
+
+
+def existing_ids(table, ids: np.ndarray, *, id_column: str = "id") -> np.ndarray:
+    """Those of ``ids`` already stored (sorted, unique)."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    found = []
+    for start in range(0, len(ids), 4096):
+        part = ids[start:start + 4096]
+        got = table.search().where(f"{id_column} IN ({id_list(part)})").select([id_column]) \
+            .limit(len(part)).to_arrow()
+        found.append(got.column(id_column).to_numpy())
+    return np.unique(np.concatenate(found)) if found else ids[:0]
+
+
+def delete_ids(table, ids: np.ndarray, *, id_column: str = "id", path: str | Path | None = None) -> None:
+    """Delete the rows with these ids (one LanceDB version per 4096 ids)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    for start in range(0, len(ids), 4096):
+        try:
+            table.delete(f"{id_column} IN ({id_list(ids[start:start + 4096])})")
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise InputError(f"cannot delete rows ({str(exc).splitlines()[0][:300]})", path) from None

@@ -13,13 +13,15 @@ the run that encoded the query.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from mindsearch.errors import MindsearchError
+from mindsearch.indexes.search import RERANK_SHORTLIST
 from mindsearch.space import check_same_space, describe, pooled
 
 BRAIN_DIR = "_brain"
@@ -44,47 +46,111 @@ def pool_tokens(emb: np.ndarray, pooling: str | None) -> np.ndarray:
 
 @dataclass
 class Hit:
+    """One result. ``score_kind`` says which cosine ``score`` is (see ``indexes.search.SCORE_KINDS``);
+    ``path`` is something a person can open (a file path or URL) when the index knows one, else
+    ``source`` names the image inside its container (hdf5 row, tar member, dataset image) and
+    :meth:`Engine.image_bytes` reads it. ``query`` is the row of the input this hit answers."""
+
     rank: int
     id: int
     path: str | None
     score: float
+    score_kind: str
     index: str
     index_version: int
     run: str | None
+    query: int = 0
+    source: str | None = None
 
     def as_dict(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
-                "index": self.index, "index_version": self.index_version, "run": self.run}
+        return asdict(self)
 
 
 class Engine:
+    """Long-lived: builds go through writers (locked, one at a time), queries through cached readers.
+
+    Safe to share between threads for queries; each index is opened once and reopened only when
+    its manifest changes (a finished build elsewhere is picked up by the next query).
+    """
+
     def __init__(self, root: str | Path | None = None):
         self.root = default_root(root)
+        self._readers: dict[str, object] = {}
+        self._readers_lock = threading.Lock()
+        self._sources: dict[tuple, dict] = {}
 
     # ------------------------------------------------------------------ collections
-    def open(self, name: str):
-        from mindsearch.indexes.collection import MANIFEST, Collection
+    def _check(self, name: str, root: Path | None = None) -> Path:
+        from mindsearch.indexes.manifest import MANIFEST, check_name
 
-        if not (self.root / name / MANIFEST).is_file():
-            have = ", ".join(self.list()) or "none"
-            raise MindsearchError(f"no index named {name!r} (indexes here: {have})", self.root)
+        base = root or self.root
+        check_name(name, base)
+        if not (base / name / MANIFEST).is_file():
+            have = ", ".join(self.list() if root is None else self.stores()) or "none"
+            what = "index" if root is None else "brain store"
+            raise MindsearchError(f"no {what} named {name!r} (here: {have})", base)
+        return base / name
+
+    def open(self, name: str):
+        """The writer-side ``Collection`` of an index (for builds, recall, inspection)."""
+        from mindsearch.indexes.collection import Collection
+
+        self._check(name)
         return Collection.open(self.root, name)
 
+    def reader(self, name: str, *, brain: bool = False):
+        """The cached, thread-safe reader of an index (or brain store)."""
+        from mindsearch.indexes.reader import Reader
+
+        root = self.root / BRAIN_DIR if brain else self.root
+        key = f"{'brain:' if brain else ''}{name}"
+        r = self._readers.get(key)
+        if r is None:
+            self._check(name, root if brain else None)
+            with self._readers_lock:
+                r = self._readers.get(key)
+                if r is None:
+                    r = Reader(root, name)
+                    self._readers[key] = r
+        elif not r.manifest_path.is_file():  # removed since: say so, like a fresh open
+            with self._readers_lock:
+                self._readers.pop(key, None)
+            self._check(name, root if brain else None)
+        return r
+
     def list(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").is_file())
+        return _names(self.root)
+
+    def stores(self) -> list[str]:
+        """Brain stores under ``ROOT/_brain``."""
+        return _names(self.root / BRAIN_DIR)
+
+    def remove(self, name: str, *, brain: bool = False) -> Path:
+        """Delete an index (or brain store) folder, holding its writer lock while doing so."""
+        import shutil
+
+        from mindsearch.indexes.lock import WriterLock
+
+        root = self.root / BRAIN_DIR if brain else self.root
+        path = self._check(name, root if brain else None)
+        with WriterLock(path):
+            tmp = path.with_name(f".{name}.removing.tmp")
+            os.replace(path, tmp)  # the name disappears at once; readers see "no index"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._readers.pop(f"{'brain:' if brain else ''}{name}", None)
+        return path
 
     def _create_or_resume(self, name: str, space: dict, dim: int, tokens_shape, extra_columns=None,
-                          table_uri: str | None = None):
-        from mindsearch.indexes.collection import MANIFEST, Collection
+                          table_uri: str | None = None, *, kind: str = "images", root: Path | None = None,
+                          check_space: bool = True):
+        """The locked writer of ``name``: created, or reopened with the latest commit."""
+        from mindsearch.indexes.collection import Collection
 
-        if (self.root / name / MANIFEST).is_file():
-            coll = Collection.open(self.root, name)
+        coll = Collection.create(root or self.root, name, space, dim, tokens_shape, extra_columns=extra_columns,
+                                 table_uri=table_uri, exist_ok=True, kind=kind)
+        if check_space:
             check_same_space(coll.space, space, f"index {name!r}", "the new images")
-            return coll
-        return Collection.create(self.root, name, space, dim, tokens_shape,
-                                 extra_columns=extra_columns, table_uri=table_uri)
+        return coll
 
     def build_from_images(self, name: str, source: str | Path, *, model: str = "ViT-L-14",
                           weights: str | None = None, output: str = "final",
@@ -105,31 +171,31 @@ class Engine:
         space = encoder.space
         t, d = encoder.tokens, encoder.dim
         tokens_shape = (t, d) if (store_tokens and t > 1) else None
-        coll = self._create_or_resume(name, space, d, tokens_shape, table_uri=table_uri)
-        done = set(coll.finished_shards)
-        todo = [s for s in src.shards() if s.shard_id not in done]
-        say(f"index {name}: {len(done)} shard(s) already done, {len(todo)} to embed "
-            f"with {describe(space)}")
+        with self._create_or_resume(name, space, d, tokens_shape, table_uri=table_uri) as coll:
+            done = set(coll.finished_shards)
+            todo = [s for s in src.shards() if s.shard_id not in done]
+            say(f"index {name}: {len(done)} shard(s) already done, {len(todo)} to embed "
+                f"with {describe(space)}")
 
-        def batches():
-            for shard, records, emb in embed_shards(todo, encoder, batch_size=batch_size,
-                                                    num_workers=workers, progress=True):
-                batch = {"embedding": pool_tokens(emb, space.get("pooling")),
-                         "key": [r.key for r in records],
-                         "width": np.asarray([r.width for r in records], np.int32),
-                         "height": np.asarray([r.height for r in records], np.int32)}
-                if records and all(r.id is not None for r in records):
-                    batch["id"] = np.asarray([r.id for r in records], np.int64)
-                if tokens_shape:
-                    batch["tokens"] = emb
-                yield shard.shard_id, batch, len(records)
+            def batches():
+                for shard, records, emb in embed_shards(todo, encoder, batch_size=batch_size,
+                                                        num_workers=workers, progress=True):
+                    batch = {"embedding": pool_tokens(emb, space.get("pooling")),
+                             "key": [r.key for r in records],
+                             "width": np.asarray([r.width for r in records], np.int32),
+                             "height": np.asarray([r.height for r in records], np.int32)}
+                    if records and all(r.id is not None for r in records):
+                        batch["id"] = np.asarray([r.id for r in records], np.int64)
+                    if tokens_shape:
+                        batch["tokens"] = emb
+                    yield shard.shard_id, batch, len(records)
 
-        _ingest(coll, batches())
-        for s in src.skipped:
-            say(f"skipped {s['path']}: {s['error']}")
-        rec = coll.build_index(kind)
-        return {"name": name, "count": coll.count, "index": rec, "skipped": list(src.skipped),
-                "space": space, "table_version": coll.table_version}
+            _ingest(coll, batches(), source=src.describe())
+            for s in src.skipped:
+                say(f"skipped {s['path']}: {s['error']}")
+            rec = coll.build_index(kind)
+            return {"name": name, "count": coll.count, "index": rec, "skipped": list(src.skipped),
+                    "space": space, "table_version": coll.table_version}
 
     def build_from_embeddings(self, name: str, directory: str | Path, *, space: dict,
                               kind: str = "auto", progress=None, table_uri: str | None = None) -> dict:
@@ -139,14 +205,15 @@ class Engine:
         say = progress or (lambda msg: None)
         dim = clip_retrieval.dim(directory)
         space = {**space, "dim": dim, "tokens": 1}
-        coll = self._create_or_resume(name, space, dim, None, table_uri=table_uri,
-                                      extra_columns={"caption": "string", "url": "string"})
-        shards = clip_retrieval.iter_shards(directory, skip=set(coll.finished_shards))
-        _ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
-                lambda shard_id: say(f"index {name}: shard {shard_id} added ({coll.count} vectors)"))
-        rec = coll.build_index(kind)
-        return {"name": name, "count": coll.count, "index": rec, "space": space,
-                "table_version": coll.table_version}
+        with self._create_or_resume(name, space, dim, None, table_uri=table_uri,
+                                    extra_columns={"caption": "string", "url": "string"}) as coll:
+            shards = clip_retrieval.iter_shards(directory, skip=set(coll.finished_shards))
+            _ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
+                    lambda shard_id: say(f"index {name}: shard {shard_id} added ({coll.count} vectors)"),
+                    source={"kind": "clip-retrieval", "path": str(Path(directory).resolve())})
+            rec = coll.build_index(kind)
+            return {"name": name, "count": coll.count, "index": rec, "space": space,
+                    "table_version": coll.table_version}
 
     def build_from_dataset(self, name: str, data: str | Path, *, targets: str | None = None,
                            store_tokens: bool = True, kind: str = "auto", shard_size: int = 10_000,
@@ -162,157 +229,219 @@ class Engine:
             ids = np.asarray(ds.target_ids, dtype=np.int64)
             t, d = ds.target_shape
             tokens_shape = (t, d) if (store_tokens and t > 1) else None
-            coll = self._create_or_resume(name, space, d, tokens_shape)
-            done = set(coll.finished_shards)
             root = Path(data).resolve()
+            with self._create_or_resume(name, space, d, tokens_shape) as coll:
+                done = set(coll.finished_shards)
 
-            def batches():
-                for start in range(0, len(ids), shard_size):
-                    shard_id = f"targets-{start:09d}"
-                    if shard_id in done:
-                        continue
-                    chunk = ids[start:start + shard_size]
-                    emb = ds.targets(chunk)
-                    batch = {"id": chunk, "embedding": pool_tokens(emb, space.get("pooling")),
-                             "key": [f"{root}#image/{i}" for i in chunk]}
-                    if tokens_shape:
-                        batch["tokens"] = emb
-                    yield shard_id, batch, len(chunk)
+                def batches():
+                    for start in range(0, len(ids), shard_size):
+                        shard_id = f"targets-{start:09d}"
+                        if shard_id in done:
+                            continue
+                        chunk = ids[start:start + shard_size]
+                        emb = ds.targets(chunk)
+                        batch = {"id": chunk, "embedding": pool_tokens(emb, space.get("pooling")),
+                                 "key": [f"{root}#image/{i}" for i in chunk]}
+                        if tokens_shape:
+                            batch["tokens"] = emb
+                        yield shard_id, batch, len(chunk)
 
-            _ingest(coll, batches())
-            say(f"index {name}: {coll.count} images from {data}")
-        rec = coll.build_index(kind)
-        return {"name": name, "count": coll.count, "index": rec, "space": space,
-                "table_version": coll.table_version}
+                _ingest(coll, batches(), source={"kind": "dataset", "path": str(root)})
+                say(f"index {name}: {coll.count} images from {data}")
+                rec = coll.build_index(kind)
+                return {"name": name, "count": coll.count, "index": rec, "space": space,
+                        "table_version": coll.table_version}
 
     # ------------------------------------------------------------------ queries
     def search(self, index: str, embeddings: np.ndarray, *, k: int = 16, space: dict | None = None,
-               rerank: bool | None = None, run_id: str | None = None) -> list[list[Hit]]:
-        """Nearest images for (n, T, D) or (n, D) embeddings; one list of hits per query row."""
-        coll = self.open(index)
+               rerank: bool | None = None, run_id: str | None = None,
+               shortlist: int = RERANK_SHORTLIST) -> list[list[Hit]]:
+        """Nearest images for (n, T, D) or (n, D) embeddings; one list of hits per query row.
+
+        With tokens stored and token queries, the top ``shortlist`` pooled candidates are re-ranked
+        by token cosine (independent of ``k``: the top hits never change with ``k``).
+        """
+        reader = self.reader(index)
+        snap = reader.snapshot()  # one version for the search and the row look-ups
+        ispace = snap.manifest["space"]
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim == 1:
             emb = emb[None]
         if space is not None:
             # A query in the index's token space may be pooled into it; anything else is refused.
-            if not _compatible(space, coll.space):
-                check_same_space(space, coll.space, f"the query ({run_id or 'embeddings'})",
-                                 f"index {index!r}")
-        q = pool_tokens(emb, (space or coll.space).get("pooling"))
-        if q.shape[1] != coll.dim:
-            raise MindsearchError(f"queries have {q.shape[1]} dimensions, index {index!r} has {coll.dim}")
-        use_rerank = (coll.tokens_shape is not None and emb.ndim == 3 and emb.shape[1] > 1
-                      and tuple(emb.shape[1:]) == coll.tokens_shape) if rerank is None else rerank
-        result = coll.search(q, k, rerank_tokens=emb if use_rerank else None)
-        ids, scores, info = result.ids, result.scores, result.info
-        paths = _paths(coll, ids)
-        version = int(info["table"]["version"])
-        return [[Hit(r + 1, int(i), paths.get(int(i)), float(s), index, version, run_id)
-                 for r, (i, s) in enumerate(zip(row_ids, row_scores)) if i >= 0]
-                for row_ids, row_scores in zip(ids, scores)]
+            if not _compatible(space, ispace):
+                check_same_space(space, ispace, f"the query ({run_id or 'embeddings'})", f"index {index!r}")
+        q = pool_tokens(emb, (space or ispace).get("pooling"))
+        dim = int(snap.manifest["dim"])
+        if q.shape[1] != dim:
+            raise MindsearchError(f"queries have {q.shape[1]} dimensions, index {index!r} has {dim}",
+                                  reader.manifest_path)
+        ts = snap.manifest.get("tokens_shape")
+        use_rerank = (ts is not None and emb.ndim == 3 and emb.shape[1] > 1
+                      and list(emb.shape[1:]) == list(ts)) if rerank is None else rerank
+        result = reader.search(q, k, rerank_tokens=emb if use_rerank else None, shortlist=shortlist,
+                               snapshot=snap)
+        ids, scores = result.ids, result.scores
+        where = self._locate(reader, snap, ids)
+        version = int(result.info["table"]["version"])
+        out = []
+        for qi, (row_ids, row_scores) in enumerate(zip(ids, scores)):
+            block = []
+            for r, (i, s) in enumerate(zip(row_ids.tolist(), row_scores.tolist())):
+                if i >= 0:
+                    path, ref = where.get(i, (None, None))
+                    block.append(Hit(r + 1, i, path, float(s), result.score_kind(r), index, version, run_id,
+                                     qi, ref))
+            out.append(block)
+        return out
+
+    def _locate(self, reader, snap, ids: np.ndarray) -> dict[int, tuple[str | None, str | None]]:
+        """``id -> (openable path or URL, source reference)`` for the hits' rows."""
+        from mindsearch.image_sources import locate
+
+        flat = np.unique(ids[ids >= 0])
+        if not len(flat):
+            return {}
+        cols = reader.columns(flat, ("key", "shard", "image_path", "url"), snapshot=snap)
+        sources = snap.manifest.get("sources") or []
+        out = {}
+        for j, rid in enumerate(flat.tolist()):
+            row = {c: v[j] for c, v in cols.items()}
+            out[int(rid)] = locate(row, _source_of(sources, row.get("shard")))
+        return out
+
+    def image_bytes(self, index: str, id: int) -> tuple[bytes, str]:
+        """The original image of hit ``id`` of ``index``: ``(bytes, content type)``."""
+        from mindsearch.image_sources import read_image
+
+        reader = self.reader(index)
+        snap = reader.snapshot()
+        cols = reader.columns(np.asarray([int(id)]), ("key", "shard", "image_path", "url"), snapshot=snap)
+        row = {c: v[0] for c, v in cols.items()}
+        if not row.get("key"):
+            raise MindsearchError(f"no image with id {id} in index {index!r}", reader.manifest_path)
+        return read_image(row, _source_of(snap.manifest.get("sources") or [], row.get("shard")))
+
+    def find_key(self, index: str, key: str) -> int | None:
+        """The id of the row whose ``key`` is ``key`` (no SQL: looked up in the rows file)."""
+        reader = self.reader(index)
+        snap = reader.snapshot()
+        if snap.rows is not None and hasattr(snap.rows, "find"):
+            return snap.rows.find("key", key)
+        from mindsearch.indexes import table as tbl
+
+        rows = reader.table(snap).search().where(f"key = {tbl.sql_string(key)}").select(["id"]).limit(1).to_arrow()
+        return int(rows.column("id")[0].as_py()) if rows.num_rows else None
 
     def query(self, index: str, voxels: np.ndarray, run, *, k: int = 16, subject: int | None = None,
               session: int | None = None, zscore: bool = True, rerank: bool | None = None,
-              source: str | Path = "<voxels>") -> list[list[Hit]]:
+              source: str | Path = "<voxels>", shortlist: int = RERANK_SHORTLIST) -> list[list[Hit]]:
         """Encode voxels with a run, then search: ``mindsearch query --voxels``."""
         subject = run.check_voxels(voxels, subject, source)
-        coll = self.open(index)
-        if not _compatible(run.space, coll.space):
-            check_same_space(run.space, coll.space, f"run {run.path.name}", f"index {index!r}")
+        ispace = self.reader(index).space
+        if not _compatible(run.space, ispace):
+            check_same_space(run.space, ispace, f"run {run.path.name}", f"index {index!r}")
         out = run.encode(voxels, subject=subject, session=session, zscore=zscore, outputs=("disjointed",))
         return self.search(index, out["disjointed"], k=k, space=run.space, rerank=rerank,
-                           run_id=str(run.path))
+                           run_id=str(run.path), shortlist=shortlist)
 
     def measure_recall(self, index: str, queries: np.ndarray, *, space: dict | None = None,
                        k: int = 16, label: str = "brain-heldout", source: str | None = None) -> dict:
         """Recall@k of the index against exact search with held-out brain-predicted queries."""
         from mindsearch.indexes.recall import measure_collection
 
-        coll = self.open(index)
-        q = pool_tokens(queries, (space or coll.space).get("pooling"))
-        return measure_collection(coll, q, k, label=label, source=source)
+        with self.open(index) as coll:
+            q = pool_tokens(queries, (space or coll.space).get("pooling"))
+            return measure_collection(coll, q, k, label=label, source=source)
 
     # ------------------------------------------------------------------ brain samples
-    def _brain_db(self):
-        from mindsearch.indexes import table as tbl
-
-        path = self.root / BRAIN_DIR
-        path.mkdir(parents=True, exist_ok=True)
-        return tbl.connect(str(path))
-
     def store_brain(self, name: str, run, outputs: dict, *, subject: int,
-                    session: int | None = None, trials: Iterable[int] | None = None,
+                    session: int | Iterable[int] | None = None, trials: Iterable[int] | None = None,
                     image_ids: Iterable[int] | None = None, source: str | None = None) -> dict:
-        """Append encoded brain samples to the brain table ``name`` (created on first use)."""
-        from mindsearch.indexes import table as tbl
+        """Store encoded brain samples in the brain store ``name`` (a collection of kind "brain").
 
+        With ``trials`` each row's id is derived from (subject, trial), so storing the same trials
+        again replaces them instead of adding duplicates. ``session`` is one value or one per row.
+        """
         dis = np.asarray(outputs["disjointed"], dtype=np.float32)
         n = len(dis)
-        shape = tuple(dis.shape[1:])
-        db = self._brain_db()
-        if name in _table_names(db):
-            table = tbl.open_table(db, name)
-            meta = table.schema.metadata or {}
-            stored = tuple(int(s) for s in meta.get(b"shape", b"").decode().split("x") if s)
-            if int(np.prod(stored)) != int(np.prod(shape)):
-                raise MindsearchError(f"brain table {name!r} holds {stored} embeddings, these are {shape}",
-                                      self.root / BRAIN_DIR)
-            _check_brain_space(self.root / BRAIN_DIR / f"{name}.space.json", run.space, name)
-        else:
-            table = tbl.create_table(db, name, tbl.brain_schema(shape))
-            from mindsearch.io import write_json
+        shape = [int(s) for s in dis.shape[1:]]
+        size = int(np.prod(shape))
+        bdir = self.root / BRAIN_DIR
+        if (bdir / f"{name}.lance").is_dir() and not (bdir / name).is_dir():
+            raise MindsearchError(f"brain store {name!r} was written by an older mindsearch (a bare table); "
+                                  f"remove {bdir / (name + '.lance')} and store it again", bdir)
+        extra = {"subject": "int32", "session": "int32", "trial": "int64", "image_id": "int64",
+                 "run_id": "string", "aligned": _vector_type(size)}
 
-            write_json(self.root / BRAIN_DIR / f"{name}.space.json", run.space)
+        def col(values, default, what):
+            if values is None:
+                return np.full(n, default, np.int64)
+            arr = np.broadcast_to(np.asarray(list(values) if not np.isscalar(values) else values, np.int64), (n,))
+            if arr.shape != (n,):
+                raise MindsearchError(f"{what}: expected {n} values")
+            return arr
 
-        def col(values, default):
-            return np.full(n, default, np.int64) if values is None else np.asarray(list(values), np.int64)
-
-        aligned = outputs.get("aligned")
+        trial_col = col(trials, -1, "trials")
         batch = {"subject": np.full(n, subject, np.int32),
-                 "session": np.full(n, -1 if session is None else session, np.int32),
-                 "trial": col(trials, -1), "image_id": col(image_ids, -1),
-                 "run_id": [str(run.path)] * n,
-                 "disjointed": dis.reshape(n, -1)}
+                 "session": col(session, -1, "session").astype(np.int32),
+                 "trial": trial_col, "image_id": col(image_ids, -1, "image_ids"),
+                 "run_id": [str(run.path)] * n, "embedding": dis.reshape(n, -1),
+                 "key": [f"subject-{subject}/trial-{t}" if t >= 0 else None for t in trial_col.tolist()]}
+        if trials is not None:
+            if (trial_col < 0).any():
+                raise MindsearchError("trials must be >= 0")
+            batch["id"] = int(subject) * TRIAL_ID_BASE + trial_col
+        aligned = outputs.get("aligned")
         if aligned is not None:
             batch["aligned"] = np.asarray(aligned, np.float32).reshape(n, -1)
-        arrow = tbl.to_arrow(batch, table.schema, path=self.root / BRAIN_DIR)
-        version = tbl.append(table, arrow, path=self.root / BRAIN_DIR)
-        return {"store": name, "added": n, "table_version": int(version), "source": source}
+        with self._create_or_resume(name, run.space, size, None, extra_columns=extra, kind="brain",
+                                    root=bdir, check_space=False) as coll:
+            if coll.dim != size or coll.manifest.get("brain_shape", shape) != shape:
+                raise MindsearchError(f"brain store {name!r} holds {coll.manifest.get('brain_shape')} "
+                                      f"embeddings, these are {shape}", coll.manifest_path)
+            check_same_space(run.space, coll.space, "the samples", f"brain store {name!r}")
+            coll._m["brain_shape"] = shape  # noqa: SLF001  (committed with the shard)
+            before = coll.count
+            shard = f"store-{len(coll.finished_shards):06d}"
+            coll.add(batch, shard=shard, replace=True)
+            coll.finish_shard(shard)
+            if coll.manifest["index"] is None:
+                coll.build_index("flat")
+            return {"store": name, "added": n, "replaced": before + n - coll.count,
+                    "count": coll.count, "table_version": coll.table_version, "source": source}
 
     def query_brain(self, store: str, image_embedding: np.ndarray, *, space: dict | None = None,
                     k: int = 16) -> list[list[dict]]:
-        """Brain retrieval: the stored brain samples nearest to an image embedding (exact)."""
-        from mindsearch.indexes import table as tbl
-
-        db = self._brain_db()
-        if store not in _table_names(db):
-            raise MindsearchError(f"no brain table named {store!r}", self.root / BRAIN_DIR)
-        space_file = self.root / BRAIN_DIR / f"{store}.space.json"
+        """Brain retrieval: the stored brain samples nearest to an image embedding (exact cosine
+        over the flattened embeddings)."""
+        reader = self.reader(store, brain=True)
+        snap = reader.snapshot()
         if space is not None:
-            _check_brain_space(space_file, space, store)
-        table = tbl.open_table(db, store)
-        data = table.to_arrow()
-        vecs = data.column("disjointed").combine_chunks().values.to_numpy(zero_copy_only=False)
-        vecs = vecs.reshape(data.num_rows, -1).astype(np.float32)
+            check_same_space(space, snap.manifest["space"], "the query", f"brain store {store!r}")
         q = np.asarray(image_embedding, np.float32)
         q = q.reshape(len(q), -1) if q.ndim > 1 else q[None]
-        if q.shape[1] != vecs.shape[1]:
-            raise MindsearchError(f"image embedding has {q.shape[1]} values, brain table {store!r} "
-                                  f"holds {vecs.shape[1]}")
-        from mindsearch.indexes.faiss_index import as_vectors, exact_search
+        dim = int(snap.manifest["dim"])
+        if q.shape[1] != dim:
+            raise MindsearchError(f"image embedding has {q.shape[1]} values, brain store {store!r} "
+                                  f"holds {dim}", reader.manifest_path)
+        result = reader.search(q, min(int(k), int(snap.manifest["count"])), snapshot=snap)
+        flat = np.unique(result.ids[result.ids >= 0])
+        names = ("subject", "session", "trial", "image_id", "run_id")
+        cols = reader.columns(flat, names, snapshot=snap)
+        at = {int(i): j for j, i in enumerate(flat.tolist())}
+        return [[{"rank": r + 1, "id": int(i), "row": int(i), **{c: cols[c][at[int(i)]] for c in names},
+                  "score": float(sc), "score_kind": "token_cosine", "store": store,
+                  "store_version": int(result.info["table"]["version"]), "query": qi}
+                 for r, (i, sc) in enumerate(zip(row, row_scores)) if i >= 0]
+                for qi, (row, row_scores) in enumerate(zip(result.ids, result.scores))]
 
-        # Brain tables hold thousands of trials, not millions: exact cosine, no index to keep.
-        rows, scores = exact_search(as_vectors(vecs, path=space_file.parent),
-                                    None, as_vectors(q, what="image embedding"), min(k, len(vecs)))
-        cols = {c: data.column(c).to_numpy(zero_copy_only=False)
-                for c in ("subject", "session", "trial", "image_id", "run_id")}
-        return [[{"rank": r + 1, "row": int(j), **{c: _py(cols[c][j]) for c in cols},
-                  "score": float(sc), "store": store, "store_version": int(table.version)}
-                 for r, (j, sc) in enumerate(zip(row, row_scores)) if j >= 0]
-                for row, row_scores in zip(rows, scores)]
+
+#: Brain-store row id of (subject, trial): re-storing a trial replaces its row.
+TRIAL_ID_BASE = 1_000_000_000
 
 
-def _ingest(coll, batches, after=None) -> None:
+def _ingest(coll, batches, after=None, source: dict | None = None) -> None:
     """Add each (shard id, batch, row count) and commit it: the unit an interrupted build resumes at.
 
     A shard with no rows (every image in it unreadable) is still finished, so a resume skips it.
@@ -320,9 +449,21 @@ def _ingest(coll, batches, after=None) -> None:
     for shard_id, batch, n in batches:
         if n is None or n:
             coll.add(batch, shard=shard_id)
+        if source is not None:
+            coll.note_source(source, shard_id)
         coll.finish_shard(shard_id)
         if after:
             after(shard_id)
+
+
+def _source_of(sources: list, shard: str | None) -> dict | None:
+    """The source record a shard was read from (the only one, if there is just one)."""
+    if len(sources) == 1:
+        return sources[0]
+    for rec in sources:
+        if shard in rec.get("shards", ()):
+            return rec
+    return None
 
 
 def _compatible(query_space: dict, index_space: dict) -> bool:
@@ -337,40 +478,15 @@ def _compatible(query_space: dict, index_space: dict) -> bool:
     return False
 
 
-def _check_brain_space(path: Path, space: dict, name: str) -> None:
-    import json
+def _names(root: Path) -> list[str]:
+    from mindsearch.indexes.manifest import MANIFEST
 
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        check_same_space(space, stored, "the query", f"brain table {name!r}")
-
-
-def _table_names(db) -> list[str]:
-    names = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
-    return list(getattr(names, "tables", names))
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
 
-def _paths(coll, ids: np.ndarray) -> dict[int, str]:
-    flat = np.unique(ids[ids >= 0])
-    if not len(flat):
-        return {}
-    cols = ["key"]
-    extra = coll.manifest.get("extra_columns") or {}
-    for c in ("image_path", "url"):
-        if c in extra:
-            cols.append(c)
-    rows = coll.fetch(flat, cols)
-    out = {}
-    data = {c: rows.column(c).to_pylist() for c in rows.column_names}
-    for i, rid in enumerate(data["id"]):
-        path = None
-        for c in ("image_path", "url", "key"):
-            if c in data and data[c][i]:
-                path = data[c][i]
-                break
-        out[int(rid)] = path
-    return out
+def _vector_type(size: int):
+    from mindsearch.indexes.table import vector_type
 
-
-def _py(v):
-    return v.item() if hasattr(v, "item") else v
+    return vector_type(size)

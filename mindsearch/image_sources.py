@@ -158,8 +158,8 @@ class ImageSource:
             return None
 
     def describe(self) -> dict:
-        """A small JSON-able summary (for manifests)."""
-        return {"kind": self.kind, "path": str(self.path)}
+        """Where the images are, for an index manifest: hits are opened through it (``read_image``)."""
+        return {"kind": self.kind, "path": str(self.path.resolve())}
 
 
 def _pil_from_bytes_or_path(src: Any):
@@ -234,9 +234,6 @@ class FolderSource(ImageSource):
     def decode(self, raw: RawItem) -> ImageRecord:
         img, (w, h) = _pil_from_bytes_or_path(raw.data)
         return ImageRecord(raw.key, w, h, img, raw.id, raw.shard_id, dict(raw.meta))
-
-    def describe(self) -> dict:
-        return {**super().describe(), "files": len(self.files), "shard_size": self.shard_size}
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,8 +342,7 @@ class HDF5Source(ImageSource):
         return ImageRecord(raw.key, img.width, img.height, img, raw.id, raw.shard_id, dict(raw.meta))
 
     def describe(self) -> dict:
-        return {**super().describe(), "dataset": self.dataset, "shape": list(self.shape),
-                "rows": int(len(self.rows)), "shard_size": self.shard_size}
+        return {**super().describe(), "dataset": self.dataset}
 
 
 # ---------------------------------------------------------------------------------------
@@ -466,9 +462,6 @@ class WebDatasetSource(ImageSource):
         img, (w, h) = _pil_from_bytes_or_path(raw.data)
         return ImageRecord(raw.key, w, h, img, raw.id, raw.shard_id, dict(raw.meta))
 
-    def describe(self) -> dict:
-        return {**super().describe(), "spec": self.spec, "tars": len(self.tars)}
-
 
 # ---------------------------------------------------------------------------------------
 def open_source(path: str | Path, *, strict: bool = False, shard_size: int = 1000,
@@ -512,5 +505,123 @@ def _find_images_hdf5(folder: Path) -> Path | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------
+# opening a hit again: from an index row (key, url, image_path) and the source it came from
+# ---------------------------------------------------------------------------------------
+def locate(row: dict, source: dict | None) -> tuple[str | None, str | None]:
+    """``(path or URL a person can open, source reference)`` of an indexed image.
+
+    Files give a path; hdf5 rows, tar members and dataset images give a reference
+    (``file#item``) that :func:`read_image` (and the service) can read.
+    """
+    key = row.get("key")
+    for col in ("url", "image_path"):
+        v = row.get(col)
+        if v and ("://" in v or os.path.isabs(v)):
+            return v, None
+    if not key:
+        return None, None
+    kind = (source or {}).get("kind")
+    if kind == "folder":
+        return str(Path(source["path"]) / key), None
+    if kind == "hdf5" and key.startswith("h5:"):
+        return None, f"{source['path']}#{source.get('dataset', 'images')}/{key[3:]}"
+    if kind == "webdataset" and ":" in key:
+        rel, _, sample = key.rpartition(":")
+        return None, f"{Path(source['path']) / rel}#{sample}"
+    if "://" in key or (kind == "clip-retrieval" and os.path.isabs(key)):
+        return key, None
+    if "#image/" in key or key.startswith("h5:") or kind is not None:
+        return None, key
+    return key, None  # an index written before sources were recorded: the key as stored
+
+
+def read_image(row: dict, source: dict | None) -> tuple[bytes, str]:
+    """The original image of an index row: ``(bytes, content type)``. Never reads outside the source."""
+    import mimetypes
+
+    key = row.get("key") or ""
+    kind = (source or {}).get("kind")
+    path, ref = locate(row, source)
+    if path and "://" in path:
+        raise MindsearchError(f"image {key!r} is at a URL ({path}); open it there")
+    if kind == "folder":
+        base = Path(source["path"])
+        full = base / key
+        try:
+            full.resolve().relative_to(base.resolve())
+        except ValueError:
+            raise MindsearchError(f"image key {key!r} points outside the source folder", base) from None
+        return _file_bytes(full), mimetypes.guess_type(full.name)[0] or "application/octet-stream"
+    if kind == "hdf5" and key.startswith("h5:") and key[3:].isdigit():
+        import h5py
+
+        try:
+            with h5py.File(source["path"], "r") as f:
+                ds = f[source.get("dataset", "images")]
+                row_i = int(key[3:])
+                if row_i >= ds.shape[0]:
+                    raise MindsearchError(f"row {row_i} is past the end of the images", source["path"])
+                pixels = ds[row_i]
+        except OSError as exc:
+            raise MindsearchError(f"not a readable HDF5 file ({exc})", source["path"]) from None
+        return _png(pixels), "image/png"
+    if kind == "webdataset" and ref:
+        tar_path, _, sample = ref.rpartition("#")
+        base = Path(source["path"])
+        try:
+            Path(tar_path).resolve().relative_to(base.resolve())
+        except ValueError:
+            raise MindsearchError(f"image key {key!r} points outside the source folder", base) from None
+        try:
+            with tarfile.open(tar_path, "r") as tf:
+                for ext in TAR_IMAGE_EXTENSIONS:
+                    try:
+                        member = tf.getmember(f"{sample}.{ext}")
+                    except KeyError:
+                        continue
+                    f = tf.extractfile(member)
+                    if f is not None:
+                        return f.read(), mimetypes.guess_type(f"x.{ext}")[0] or "image/jpeg"
+        except (tarfile.TarError, OSError) as exc:
+            raise MindsearchError(f"unreadable tar ({exc})", tar_path) from None
+        raise MindsearchError(f"no image member for sample {sample!r}", tar_path)
+    if "#image/" in key:
+        from mindsearch.data import open_dataset
+
+        root, _, ident = key.rpartition("#image/")
+        if kind == "dataset" and Path(root).resolve() != Path(source["path"]).resolve():
+            raise MindsearchError(f"image key {key!r} names another dataset", source["path"])
+        with open_dataset(root) as ds:
+            return _png(ds.images([int(ident)])[0]), "image/png"
+    if path and Path(path).is_file():
+        return _file_bytes(Path(path)), mimetypes.guess_type(path)[0] or "application/octet-stream"
+    raise MindsearchError(f"cannot find the original of image {key!r} (the index does not record its source)")
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MindsearchError(f"cannot read the image ({exc.strerror or exc})", path) from None
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """(3, H, W) or (H, W, 3) pixels, float in [0, 1] or integers in [0, 255], as PNG bytes."""
+    from PIL import Image
+
+    a = np.asarray(pixels)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.rint(np.nan_to_num(a.astype(np.float32)) * 255.0), 0, 255)
+    u8 = np.ascontiguousarray(np.clip(a, 0, 255).astype(np.uint8))
+    if u8.ndim == 3 and u8.shape[-1] == 1:
+        u8 = np.repeat(u8, 3, axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 __all__ = ["ImageRecord", "RawItem", "Shard", "ImageSource", "FolderSource", "HDF5Source",
-           "WebDatasetSource", "open_source", "IMAGE_EXTENSIONS"]
+           "WebDatasetSource", "open_source", "IMAGE_EXTENSIONS", "locate", "read_image"]

@@ -12,7 +12,7 @@ pytest.importorskip("lancedb")
 faiss.omp_set_num_threads(1)
 
 from mindsearch.indexes import faiss_index as fi  # noqa: E402
-from mindsearch.indexes import recall, table as tbl  # noqa: E402
+from mindsearch.indexes import collection, recall, table as tbl  # noqa: E402
 from mindsearch.indexes.collection import Collection  # noqa: E402
 from mindsearch.indexes.errors import InputError  # noqa: E402
 
@@ -61,7 +61,7 @@ def test_round_trip_and_exact_agrees_with_numpy(tmp_path):
     assert man["space"] == SPACE and man["dim"] == D
 
 
-def test_incremental_add_updates_index(tmp_path):
+def test_incremental_add_updates_index(tmp_path, monkeypatch):
     c = _make(tmp_path, shards=1)
     c.build_index()
     old_file = c.manifest["index"]["file"]
@@ -69,7 +69,16 @@ def test_incremental_add_updates_index(tmp_path):
     c.add({"embedding": new}, shard="extra")
     c.finish_shard("extra")
     assert c.count == 60 and c.manifest["index"]["ntotal"] == 60
+    # The replaced file is retired, not deleted: a reader may still be opening it.
+    assert (tmp_path / "imgs" / old_file).exists()
+    assert old_file in [r["file"] for r in c.manifest["retired"]]
+    monkeypatch.setattr(collection, "RETIRE_GRACE_S", 0.0)
+    c.record_recall("x", {})  # any later commit by a writer removes files past their grace
+    c.add({"embedding": _vecs(8, 2)}, shard="extra2")
+    c.finish_shard("extra2")
     assert not (tmp_path / "imgs" / old_file).exists()
+    assert sorted(p.name for p in (tmp_path / "imgs" / "faiss").iterdir()) == sorted(
+        f.split("/")[1] for f in (c.manifest["index"]["file"], c.manifest["index"]["rows"]))
     c2 = Collection.open(tmp_path, "imgs")
     ids, scores = c2.search(new, 1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(50, 60))
@@ -115,7 +124,8 @@ def test_failed_build_leaves_previous_version(tmp_path, monkeypatch):
         c.build_index("hnsw")
     monkeypatch.undo()
     assert (tmp_path / "imgs" / "manifest.json").read_text() == before
-    assert sorted(p.name for p in (tmp_path / "imgs" / "faiss").iterdir()) == [rec["file"].split("/")[1]]
+    assert sorted(p.name for p in (tmp_path / "imgs" / "faiss").iterdir()) == sorted(
+        f.split("/")[1] for f in (rec["file"], rec["rows"]))
     c2 = Collection.open(tmp_path, "imgs")
     assert c2.manifest["index"]["key"] == "Flat"
     np.testing.assert_array_equal(c2.search(q, 5).ids, ref_ids)
@@ -184,13 +194,26 @@ def test_bad_input_names_the_path(tmp_path):
         Collection.open(tmp_path, "imgs")
 
 
-def test_brain_table_schema(tmp_path):
-    db = tbl.connect(tmp_path / "db")
-    t = tbl.create_table(db, tbl.BRAIN_TABLE, tbl.brain_schema((2, 3)))
-    batch = tbl.to_arrow({"subject": [1, 1], "session": [1, 2], "trial": [0, 750], "image_id": [5, 9],
-                          "run_id": "ridge-1", "disjointed": np.ones((2, 2, 3))}, t.schema)
-    v = tbl.append(t, batch)
-    assert v == t.version and t.count_rows() == 2
-    assert [x["version"] for x in tbl.versions(t)][-1] == v
-    row = tbl.fetch(t, [9], ["run_id", "aligned"], id_column="image_id").to_pylist()[0]
-    assert row == {"image_id": 9, "run_id": "ridge-1", "aligned": None}
+def test_brain_store_collection_replaces_rows_by_id(tmp_path):
+    from mindsearch.indexes.reader import Reader
+
+    extra = {"subject": "int32", "trial": "int64", "run_id": "string"}
+    c = Collection.create(tmp_path, "brains", SPACE, 2 * 3, kind="brain", extra_columns=extra)
+    first = _vecs(0, 4, 6)
+    c.add({"id": [10, 11, 12, 13], "embedding": first, "subject": 1, "trial": [0, 1, 2, 3], "run_id": "r1"},
+          shard="s0")
+    c.finish_shard("s0")
+    c.build_index("flat")
+    again = _vecs(1, 2, 6)  # trials 1 and 2 stored again, plus a new one
+    c.add({"id": [11, 12, 14], "embedding": np.concatenate([again, _vecs(2, 1, 6)]), "subject": 1,
+           "trial": [1, 2, 4], "run_id": "r2"}, shard="s1", replace=True)
+    c.finish_shard("s1")
+    assert c.count == 5 and c.manifest["index"]["ntotal"] == 5
+    r = Reader(tmp_path, "brains")
+    ids, scores = r.search(again, 1)
+    assert ids[:, 0].tolist() == [11, 12]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    cols = r.columns(np.array([10, 11, 14]), ["run_id", "trial"])
+    assert cols == {"run_id": ["r1", "r2", "r2"], "trial": [0, 1, 4]}
+    with pytest.raises(InputError, match="repeats ids"):
+        c.add({"id": [10], "embedding": first[:1]}, shard="s2")

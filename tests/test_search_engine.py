@@ -234,3 +234,35 @@ def test_image_file_query_encodes_and_checks_the_store_space(sim_world, picture_
     # The picture is encoded in the tiny CLIP space; the store holds simulator-space samples.
     proc = subprocess.run(base + ["--model", str(cfg), "--weights", "random:0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "cannot be compared" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_embed_store_with_trials_replaces_instead_of_duplicating(sim_world, tmp_path):
+    root, data = sim_world
+    from mindsearch.data import open_dataset
+
+    with open_dataset(data) as ds:
+        table = ds.trials[ds.trials["subject"] == 1].head(6)
+    trials = ",".join(str(t) for t in table["trial"])
+    args = ["embed", "--run", root / "ridge", "--data", data, "--trials", trials, "--store", "trials",
+            "--root", tmp_path]
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.output
+    assert json_lines(first.stdout)[-1]["count"] == 6
+    again = run_cli(*args)
+    info = json_lines(again.stdout)[-1]
+    assert info["count"] == 6 and info["replaced"] == 6
+    # The same trials from --voxels with a trials table land on the same rows.
+    with open_dataset(data) as ds:
+        np.save(tmp_path / "v.npy", ds.voxels(1, table["trial"].tolist()))
+    table[["trial", "image_id", "session"]].to_csv(tmp_path / "t.csv", index=False)
+    res = run_cli("embed", "--run", root / "ridge", "--voxels", tmp_path / "v.npy", "--trials-table",
+                  tmp_path / "t.csv", "--store", "trials", "--root", tmp_path)
+    assert json_lines(res.stdout)[-1]["count"] == 6
+    from mindsearch.engine import Engine
+
+    reader = Engine(tmp_path).reader("trials", brain=True)
+    cols = reader.columns(np.asarray(reader.table().to_arrow().column("id")), ["trial", "image_id", "session"])
+    assert sorted(cols["trial"]) == sorted(table["trial"].tolist())
+    assert sorted(zip(cols["trial"], cols["image_id"], cols["session"])) == sorted(
+        zip(table["trial"], table["image_id"], table["session"]))
+    assert "trials" in run_cli("index", "list", "--root", tmp_path).stdout

@@ -1,0 +1,206 @@
+"""Readers: an index opened once, searched by many threads, reopened only when its manifest changes.
+
+A :class:`Reader` holds an immutable :class:`Snapshot` (manifest, loaded FAISS index, rows) of the
+last committed version. Every call checks the manifest file's identity (one ``stat``); when a writer
+has committed a new version the next call loads it and swaps the snapshot in one assignment, while
+searches already running finish on the old one. FAISS CPU indexes allow concurrent searches; the
+snapshot is never mutated after it is built, so a reader is safe to share between threads.
+
+A writer keeps replaced FAISS/rows files for a grace period (see :mod:`indexes.collection`), and a
+reader that still loses the race (a file gone between reading the manifest and opening it) reloads
+the manifest and tries again.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindsearch.indexes import manifest as mf
+from mindsearch.indexes.errors import InputError
+from mindsearch.indexes.search import RERANK_SHORTLIST, SearchResult, search
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One committed version of an index, loaded."""
+
+    manifest: dict
+    stamp: tuple
+    index: Any          # faiss index (None before the first build)
+    rows: Any           # indexes.rows.FileRows or LanceRows (None before the first build)
+    info: dict
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest.get("version", 0))
+
+    @property
+    def table_version(self) -> int:
+        return int(self.manifest["table"]["version"])
+
+
+class Reader:
+    """Read-only, thread-safe access to ``ROOT/NAME`` (never locks, never writes)."""
+
+    def __init__(self, root: str | Path, name: str, *, storage_options: dict | None = None):
+        self.root = Path(root)
+        self.name = mf.check_name(name, self.root)
+        self.path = self.root / name
+        self.manifest_path = self.path / mf.MANIFEST
+        self._storage_options = storage_options
+        self._snap: Snapshot | None = None
+        self._load_lock = threading.Lock()
+        self.snapshot()
+
+    # ------------------------------------------------------------------ versions
+    def snapshot(self) -> Snapshot:
+        """The current committed version (reloaded when the manifest file changed)."""
+        snap = self._snap
+        if snap is not None and snap.stamp == mf.stamp(self.manifest_path):
+            return snap
+        with self._load_lock:  # one thread loads; the others wait and take its result
+            snap = self._snap
+            if snap is not None and snap.stamp == mf.stamp(self.manifest_path):
+                return snap
+            for attempt in range(3):
+                try:
+                    snap = self._load()
+                    break
+                except _Raced:
+                    if attempt == 2:
+                        raise InputError("the index changed three times while opening it; try again",
+                                         self.manifest_path) from None
+            self._snap = snap
+            return snap
+
+    def _load(self) -> Snapshot:
+        from mindsearch.indexes import faiss_index
+        from mindsearch.indexes.rows import FileRows
+
+        stamp = mf.stamp(self.manifest_path)
+        man = mf.read(self.path)
+        rec = man["index"]
+        index = rows = None
+        if rec is not None:
+            file = mf.faiss_file(self.path, rec["file"], self.manifest_path)
+            if not file.is_file() and mf.stamp(self.manifest_path) != stamp:
+                raise _Raced()
+            index = faiss_index.load_index(file, params=rec.get("params"))
+            check_index(index, man, file)
+            rows_rel = rec.get("rows")
+            if rows_rel:
+                rfile = mf.faiss_file(self.path, rows_rel, self.manifest_path)
+                if not rfile.is_file() and mf.stamp(self.manifest_path) != stamp:
+                    raise _Raced()
+                rows = FileRows(rfile, expect_rows=int(index.ntotal))
+            else:
+                rows = _LazyLanceRows(self, man)
+        info = {"collection": self.name, "path": str(self.path), "version": int(man.get("version", 0)),
+                "table": {"uri": man["table"]["uri"], "name": man["table"]["name"],
+                          "version": int(man["table"]["version"])},
+                "index": {"key": (rec or {}).get("key"), "file": (rec or {}).get("file"),
+                          "exact": (rec or {}).get("exact"), "params": (rec or {}).get("params"),
+                          "table_version": (rec or {}).get("table_version")},
+                "space": man["space"], "count": int(man["count"])}
+        return Snapshot(man, stamp, index, rows, info)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def manifest(self) -> dict:
+        import copy
+
+        return copy.deepcopy(self.snapshot().manifest)
+
+    @property
+    def dim(self) -> int:
+        return int(self.snapshot().manifest["dim"])
+
+    @property
+    def space(self) -> dict:
+        return dict(self.snapshot().manifest["space"])
+
+    @property
+    def kind(self) -> str:
+        return self.snapshot().manifest.get("kind", "images")
+
+    @property
+    def tokens_shape(self) -> tuple[int, int] | None:
+        ts = self.snapshot().manifest.get("tokens_shape")
+        return (int(ts[0]), int(ts[1])) if ts else None
+
+    # ------------------------------------------------------------------ reading
+    def search(self, queries: Any, k: int = 16, rerank_tokens: Any = None, *,
+               shortlist: int = RERANK_SHORTLIST, snapshot: Snapshot | None = None) -> SearchResult:
+        """Top-``k`` ``(ids, scores)`` by cosine; ``.info`` names the version searched."""
+        from mindsearch.indexes import faiss_index
+
+        snap = snapshot or self.snapshot()
+        if snap.index is None:
+            raise InputError("no index built yet (run `mindsearch index build`)", self.manifest_path)
+        q = faiss_index.as_vectors(queries, int(snap.manifest["dim"]), path=self.manifest_path, what="queries")
+        ts = snap.manifest.get("tokens_shape")
+        return search(snap.index, q, k, rows=snap.rows, tokens_shape=tuple(ts) if ts else None,
+                      rerank_tokens=rerank_tokens, shortlist=shortlist, info=snap.info,
+                      path=self.manifest_path)
+
+    def columns(self, ids: np.ndarray, names, snapshot: Snapshot | None = None) -> dict[str, list]:
+        """Stored columns (key, url, ...) of ``ids``, from the same version a search used."""
+        snap = snapshot or self.snapshot()
+        if snap.rows is None:
+            return {}
+        return snap.rows.columns(np.asarray(ids, np.int64).reshape(-1), names)
+
+    def table(self, snapshot: Snapshot | None = None):
+        """The LanceDB table at the snapshot's version (imports LanceDB; not on the query path)."""
+        from mindsearch.indexes import table as tbl
+
+        snap = snapshot or self.snapshot()
+        db = tbl.connect(mf.table_location(self.path, snap.manifest["table"]["uri"], self.manifest_path),
+                         storage_options=self._storage_options)
+        return tbl.open_table(db, snap.manifest["table"]["name"], version=snap.table_version)
+
+
+class _Raced(Exception):
+    """The manifest was replaced while its files were being opened."""
+
+
+class _LazyLanceRows:
+    """Rows of an index written before rows files: LanceDB opened on first use."""
+
+    def __init__(self, reader: Reader, man: dict):
+        self._reader, self._man, self._rows = reader, man, None
+        self._lock = threading.Lock()
+
+    def _get(self):
+        if self._rows is None:
+            with self._lock:
+                if self._rows is None:
+                    from mindsearch.indexes import table as tbl
+                    from mindsearch.indexes.rows import LanceRows
+
+                    path = self._reader.path
+                    loc = mf.table_location(path, self._man["table"]["uri"], self._reader.manifest_path)
+                    db = tbl.connect(loc, storage_options=self._reader._storage_options)
+                    table = tbl.open_table(db, self._man["table"]["name"], version=int(self._man["table"]["version"]))
+                    self._rows = LanceRows(table, loc)
+        return self._rows
+
+    def tokens(self, ids, size):
+        return self._get().tokens(ids, size)
+
+    def columns(self, ids, names):
+        return self._get().columns(ids, names)
+
+
+def check_index(index, man: dict, file: Path) -> None:
+    """A FAISS file must match its manifest: dimension and vector count."""
+    if int(index.d) != int(man["dim"]):
+        raise InputError(f"faiss index has dimension {index.d}, the manifest says {man['dim']}", file)
+    want = man["index"].get("ntotal")
+    if want is not None and int(index.ntotal) != int(want):
+        raise InputError(f"faiss index holds {index.ntotal} vectors, the manifest says {want}", file)
