@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import click
 
@@ -40,9 +38,21 @@ def parse_ints(text: str | None) -> list[int] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-def home() -> Path:
-    """mindsearch's data directory: $MINDSEARCH_HOME, else ~/.mindsearch."""
-    return Path(os.environ.get("MINDSEARCH_HOME", Path.home() / ".mindsearch"))
+def parse_settings(items) -> dict:
+    """``--set KEY=VALUE`` pairs (repeatable) -> a dict; values are JSON when they parse
+    (``true``, ``3``, ``0.5``, ``[1, 2]``), else plain strings."""
+    from mindsearch.errors import MindsearchError
+
+    out = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise MindsearchError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def pct(x) -> str:

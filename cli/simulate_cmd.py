@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from mindsearch.cli.common import parse_settings
 
 
 @click.command()
@@ -25,15 +25,7 @@ def simulate(out, preset, subjects, seed, layout, force, settings):
     from mindsearch.errors import MindsearchError
     from mindsearch.simulate import simulate as run
 
-    overrides = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MindsearchError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
+    overrides = parse_settings(settings)
     path = run(out, preset, subjects, seed, layout, force=force,
                log=lambda msg: click.echo(msg, err=True), **overrides)
     from mindsearch.io import read_json

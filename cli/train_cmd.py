@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mindsearch.cli.common import emit_json, parse_ints, peak_rss_mib, say
+from mindsearch.cli.common import emit_json, parse_ints, parse_settings, peak_rss_mib, say
 
 
 @click.command()
@@ -62,18 +62,3 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
     else:
         say(f"run written to {out}")
 
-
-def parse_settings(settings) -> dict:
-    """KEY=VALUE pairs; values are JSON when they parse (true, 3, 0.5), else strings."""
-    import json
-
-    out = {}
-    for item in settings:
-        if "=" not in item:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
