@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mindsearch.cli.common import emit_json, parse_ints, parse_settings, peak_rss_mib, say
+from mindsearch.models.factory import list_presets
 
 
 @click.command()
@@ -15,7 +16,8 @@ from mindsearch.cli.common import emit_json, parse_ints, parse_settings, peak_rs
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
               help="Start from a pretrained run (adds a new subject adapter when needed).")
 @click.option("--model", type=click.Choice(["mindeye", "ridge"]), default="mindeye", show_default=True)
-@click.option("--preset", type=click.Choice(["tiny", "light", "paper"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(list_presets()), default="tiny", show_default=True,
+              help="Model preset (the JSON files in mindsearch/models/configs/).")
 @click.option("--sessions", default=None, help="Train only on these sessions, e.g. 1 or 1,2,3.")
 @click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
 @click.option("--batch-size", type=int, default=None, help="Override the preset's batch size.")

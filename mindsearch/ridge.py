@@ -20,7 +20,8 @@ class RidgeEncoder:
         self.target_shape = tuple(target_shape)
 
     @classmethod
-    def load(cls, run_dir: str | Path, config: dict) -> "RidgeEncoder":
+    def load(cls, run_dir: str | Path, config: dict, device: str = "cpu") -> "RidgeEncoder":
+        # numpy on the CPU whatever ``device`` says: one matrix product needs no accelerator
         w = load_tensors(Path(run_dir) / "model.safetensors")
         return cls(w["coef"], w["intercept"], config["target_shape"])
 

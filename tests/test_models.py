@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from mindsearch.errors import MindsearchError  # noqa: E402
 from mindsearch.models import count_parameters, create_model, from_pretrained  # noqa: E402
 from mindsearch.models.encoder import load_run_encoder  # noqa: E402
-from mindsearch.models.factory import RUN_FORMAT  # noqa: E402
+from mindsearch.runs import RUN_FORMAT  # noqa: E402
 
 T, D = 3, 16
 

@@ -303,20 +303,6 @@ def _with_overrides(preset, overrides: dict | None):
     return config
 
 
-def _zscore_tensors(zscores: dict) -> dict:
-    """``zscore.safetensors`` in ``ZScore.to_tensors`` layout for the run's first subject;
-    with several subjects each one's arrays also appear as ``subjNN.<name>``."""
-
-    out = {}
-    for k, (s, z) in enumerate(sorted(zscores.items())):
-        arrays = z.to_tensors()
-        if k == 0:
-            out.update(arrays)
-        if len(zscores) > 1:
-            out.update({f"subj{int(s):02d}.{name}": a for name, a in arrays.items()})
-    return out
-
-
 def train_arrays(
     voxels_by_subject: dict,
     image_ids_by_subject: dict,
@@ -545,13 +531,8 @@ def train_arrays(
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from mindsearch.io import save_tensors, write_json
-        from mindsearch.models.factory import RUN_FORMAT
-        from mindsearch.provenance import stamp
-
         info = run_info or {}
         record = {
-            "format": RUN_FORMAT,
             "model": "mindeye",
             "subject": subjects[0],
             "n_voxels": n_voxels[subjects[0]],
@@ -561,20 +542,10 @@ def train_arrays(
             "seed": cfg.seed,
             "data": info.get("data"),
             "train": cfg.to_dict(),
-            **stamp(),
+            **{k: info[k] for k in ("from_run", "lowlevel_vae") if k in info},
         }
-        if "from_run" in info:
-            record["from_run"] = info["from_run"]
-        if "lowlevel_vae" in info:
-            record["lowlevel_vae"] = info["lowlevel_vae"]
-        save_pretrained(raw, out_dir, extra_config=record)
-        if zscore:
-            save_tensors(out_dir / "zscore.safetensors", _zscore_tensors(zscore))
-        write_json(out_dir / "train_log.json", summary)
-        if not cfg.keep_checkpoint:
-            import shutil
-
-            shutil.rmtree(ckpt, ignore_errors=True)
+        save_pretrained(raw, out_dir, extra_config=record, zscore=zscore, log=summary,
+                        keep=(CKPT_DIR,) if cfg.keep_checkpoint else ())
     return summary
 
 

@@ -19,8 +19,11 @@ from pathlib import Path
 from mindsearch.errors import MindsearchError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-PRESETS = ("tiny", "light", "paper")
-RUN_FORMAT = "mindsearch-run/1"
+
+
+def list_presets() -> list[str]:
+    """Preset names: the JSON files in ``configs/`` (open_clip's way; add a file to add one)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
 def load_preset(config: str | Path | dict) -> dict:
@@ -28,9 +31,10 @@ def load_preset(config: str | Path | dict) -> dict:
     if isinstance(config, dict):
         return copy.deepcopy(config)
     text = str(config)
-    path = CONFIG_DIR / f"{text}.json" if text in PRESETS else Path(text)
+    presets = list_presets()
+    path = CONFIG_DIR / f"{text}.json" if text in presets else Path(text)
     if not path.is_file():
-        raise MindsearchError(f"unknown model config (presets: {', '.join(PRESETS)})", path)
+        raise MindsearchError(f"unknown model config (presets: {', '.join(presets)})", path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -98,25 +102,28 @@ def count_parameters(model_or_config, n_voxels: dict[int, int] | None = None, pa
                for p in getattr(model, name).parameters())
 
 
-def save_pretrained(model, directory: str | Path, extra_config: dict | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (the resolved model config, or a run config that
-    carries it under ``"mindeye"`` when ``extra_config`` is a run record)."""
-    from mindsearch.io import save_tensors, write_json
+def save_pretrained(model, directory: str | Path, extra_config: dict | None = None, **run_files) -> dict:
+    """``model.safetensors`` + ``config.json``: the resolved model config, or, when
+    ``extra_config`` is a run record, a run directory (``mindsearch.runs.write_run``, which also
+    takes ``run_files``: ``zscore``, ``log``, ``keep``) carrying it under ``"mindeye"``."""
+    from mindsearch.io import atomic_path, save_tensors, write_json
+    from mindsearch.runs import write_run
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
-    save_tensors(directory / "model.safetensors", state, {"format": "mindeye"})
     if extra_config is not None:
-        record = dict(extra_config)
-        record["mindeye"] = model.config
-    else:
-        record = model.config
-    write_json(directory / "config.json", record)
+        record = {**extra_config, "mindeye": model.config}
+        return write_run(directory, record, state, metadata={"format": "mindeye"}, **run_files)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        save_tensors(tmp / "model.safetensors", state, {"format": "mindeye"})
+        write_json(tmp / "config.json", model.config)
+    return model.config
 
 
 def model_config_of(record: dict, path=None) -> dict:
+    from mindsearch.runs import RUN_FORMAT
+
     if record.get("format") == RUN_FORMAT:
         if record.get("model") != "mindeye" or "mindeye" not in record:
             raise MindsearchError(f"not a mindeye run (model {record.get('model')!r})", path)
