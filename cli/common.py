@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import click
@@ -42,25 +41,27 @@ def json_safe(o):
     return str(o)
 
 
-def parse_settings(items, kinds: dict[str, set[str]], flags: dict[str, str] | None = None) -> dict:
+def parse_settings(items, kinds: dict[str, set[str]] | None = None, flags: dict[str, str] | None = None) -> dict:
     """``--set KEY=VALUE`` pairs: values are JSON when they parse (true, 3, 0.5), else strings.
 
-    ``kinds``: key -> allowed type names ({"int", "None"}, empty = anything); unknown keys, values
-    of the wrong type and keys that have their own flag (``flags``: key -> flag) are refused
-    before anything is written.
+    ``kinds``: key -> allowed type names ({"int", "None"}, empty = anything; ``None``: any key);
+    unknown keys, values of the wrong type and keys that have their own flag (``flags``: key ->
+    flag) are refused before anything is written.
     """
     import math
 
+    from mindsearch.errors import MindsearchError
+
     flags = flags or {}
     out = {}
-    for item in items:
+    for item in items or ():
         key, sep, text = str(item).partition("=")
         key = key.strip()
         if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+            raise MindsearchError(f"--set expects KEY=VALUE, got {item!r}")
         if key in flags:
             raise click.BadParameter(f"{key} has its own flag: use {flags[key]}", param_hint="--set")
-        if key not in kinds:
+        if kinds is not None and key not in kinds:
             raise click.BadParameter(f"unknown setting {key!r} (known: {', '.join(sorted(kinds))})",
                                      param_hint="--set")
         if key in out:
@@ -69,7 +70,7 @@ def parse_settings(items, kinds: dict[str, set[str]], flags: dict[str, str] | No
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        allowed = kinds[key]
+        allowed = kinds.get(key, set()) if kinds is not None else set()
         ok = not allowed or any((
             value is None and "None" in allowed,
             isinstance(value, bool) and "bool" in allowed,
@@ -118,11 +119,6 @@ def parse_ints(text: str | None) -> list[int] | None:
         return [int(t) for t in str(text).replace(" ", "").split(",") if t]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-
-
-def home() -> Path:
-    """mindsearch's data directory: $MINDSEARCH_HOME, else ~/.mindsearch."""
-    return Path(os.environ.get("MINDSEARCH_HOME", Path.home() / ".mindsearch"))
 
 
 def pct(x) -> str:

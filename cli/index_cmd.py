@@ -183,7 +183,7 @@ def recall(name, run_dir, data, queries, k, root):
         from mindsearch.runs import open_run
 
         run = open_run(run_dir)
-        with open_dataset(data or run.config["data"]["path"]) as ds:
+        with open_dataset(data or run.data_path) as ds:
             q, _ = test_embeddings(run, ds, "single")
         res = engine.measure_recall(name, q, space=run.space, k=k, source=f"run {run_dir} test trials")
     elif queries:

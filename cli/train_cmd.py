@@ -11,6 +11,7 @@ SEED = click.IntRange(0, 2**32 - 1)
 # TrainConfig fields that have a flag of their own: --set for them is refused, not merged.
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed", "device": "--device",
          "preset": "--preset", "use_lowlevel": "--vae"}
+from mindsearch.models.factory import list_presets
 
 
 @click.command()
@@ -21,7 +22,8 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed", "
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
               help="Start from a pretrained run (adds a new subject adapter when needed).")
 @click.option("--model", type=click.Choice(["mindeye", "ridge"]), default="mindeye", show_default=True)
-@click.option("--preset", type=click.Choice(["tiny", "light", "paper"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(list_presets()), default="tiny", show_default=True,
+              help="Model preset (the JSON files in mindsearch/models/configs/).")
 @click.option("--sessions", default=None, help="Train only on these sessions, e.g. 1 or 1,2,3.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Override the preset's batch size.")

@@ -70,7 +70,7 @@ def evaluate_run(run_path, data=None, *, average: str = "betas", pool: int = 300
     from mindsearch.runs import open_run
 
     run = open_run(run_path)
-    data = data or run.config.get("data", {}).get("path")
+    data = data or run.data_path
     if not data:
         raise MindsearchError("run records no dataset; pass --data", run_path)
     with open_dataset(data) as ds:

@@ -20,7 +20,8 @@ class RidgeEncoder:
         self.target_shape = tuple(target_shape)
 
     @classmethod
-    def load(cls, run_dir: str | Path, config: dict) -> "RidgeEncoder":
+    def load(cls, run_dir: str | Path, config: dict, device: str = "cpu") -> "RidgeEncoder":
+        # numpy on the CPU whatever ``device`` says: one matrix product needs no accelerator
         from mindsearch.run_schema import check_finite, check_ridge_shapes
 
         path = Path(run_dir) / "model.safetensors"

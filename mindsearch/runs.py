@@ -1,12 +1,16 @@
 """Trained runs: a directory with config.json, model.safetensors and zscore.safetensors.
 
-``open_run`` reads any model type through one interface, so evaluation, ``embed`` and
-``query`` work the same for ridge and the MindEye-style encoder.
+``write_run`` is the one writer (ridge, the encoder trainer and ``save_pretrained`` with a run
+record all go through it); ``open_run`` reads any model type through one interface, so
+evaluation, ``embed`` and ``query`` work the same for ridge and the MindEye-style encoder.
+A run records its dataset's path relative to the run directory (URIs stay as they are), so a
+run moved together with its data still finds it.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,7 @@ def _resolve(target: str):
 class Run:
     path: Path
     config: dict
+    device: str = "cpu"  # where the encoder runs (``open_run(..., device=)``)
     _encoder: object = field(default=None, repr=False)
     _zscore: dict | None = field(default=None, repr=False)
 
@@ -81,9 +86,18 @@ class Run:
             return ZScore.from_tensors(self._zscore)
         return None
 
+    @property
+    def data_path(self) -> str | None:
+        """The dataset the run was trained on: a relative record resolves against the run
+        directory; absolute paths (runs written before relative paths) and URIs are kept."""
+        path = (self.config.get("data") or {}).get("path")
+        if not path or "://" in str(path) or Path(path).is_absolute():
+            return path
+        return os.path.normpath(self.path / path)
+
     def encoder(self):
         if self._encoder is None:
-            self._encoder = _resolve(ENCODERS[self.model_type])(self.path, self.config)
+            self._encoder = _resolve(ENCODERS[self.model_type])(self.path, self.config, device=self.device)
         return self._encoder
 
     def check_voxels(self, voxels: np.ndarray, subject: int | None, source: str | Path) -> int:
@@ -110,8 +124,11 @@ class Run:
         return subject
 
     def encode(self, voxels: np.ndarray, *, subject: int | None = None, session: int | None = None,
-               zscore: bool = True, outputs=None) -> dict:
-        """Embeddings of voxels; ``outputs`` names the ones wanted (default: all the model has)."""
+               zscore: bool = True, outputs=None, device: str | None = None) -> dict:
+        """Embeddings of voxels; ``outputs`` names the ones wanted (default: all the model has).
+        ``device`` moves the run's encoder there first (default: the run's device)."""
+        if device is not None and device != self.device:
+            self.device, self._encoder = device, None
         voxels = np.asarray(voxels, dtype=np.float32)
         if voxels.ndim == 1:
             voxels = voxels[None]
@@ -125,7 +142,8 @@ class Run:
         return self.encoder().encode(voxels, subject, outputs=outputs)
 
 
-def open_run(path: str | Path) -> Run:
+def open_run(path: str | Path, device: str = "cpu") -> Run:
+    """Open a run directory; its encoder loads on ``device`` (``cpu``, ``cuda``, ``cuda:1``...)."""
     path = Path(path)
     if not path.is_dir():
         raise MindsearchError("run directory not found", path)
@@ -138,4 +156,55 @@ def open_run(path: str | Path) -> Run:
         raise MindsearchError(f"unknown model type {config.get('model')!r}", path / "config.json")
     if not (path / "model.safetensors").is_file():
         raise MindsearchError("run has no model.safetensors (training unfinished?)", path)
-    return Run(path, config)
+    return Run(path, config, device=device)
+
+
+def zscore_tensors(zscores: dict) -> dict:
+    """``zscore.safetensors`` in ``ZScore.to_tensors`` layout for the run's first subject; with
+    several subjects each one's arrays also appear as ``subjNN.<name>`` (read by ``zscore_for``)."""
+    out = {}
+    for k, (s, z) in enumerate(sorted(zscores.items())):
+        arrays = z.to_tensors()
+        if k == 0:
+            out.update(arrays)
+        if len(zscores) > 1:
+            out.update({f"subj{int(s):02d}.{name}": a for name, a in arrays.items()})
+    return out
+
+
+def _portable_data(data: dict | None, run_dir: Path) -> dict | None:
+    path = (data or {}).get("path")
+    if not path or "://" in str(path):
+        return data
+    return {**data, "path": os.path.relpath(Path(path).resolve(), run_dir.resolve())}
+
+
+def write_run(out: str | Path, config: dict, weights: dict, *, zscore: dict | None = None,
+              log: dict | None = None, keep=(), metadata: dict | None = None) -> dict:
+    """Write a run directory at ``out`` in one atomic step and return its config record.
+
+    ``config``: the run record (``model``, ``subject``, ``space``, ``data``...; ``format`` and the
+    provenance stamp are added); ``weights``: name -> array/tensor for ``model.safetensors``;
+    ``zscore``: {subject: ZScore}; ``log``: written as ``train_log.json``; ``keep``: entries of
+    an existing ``out`` carried into the new run (the trainer's kept checkpoint).
+    """
+    from mindsearch.io import atomic_path, save_tensors, write_json
+    from mindsearch.provenance import stamp
+
+    out = Path(out)
+    record = {"format": RUN_FORMAT, **config}
+    record["data"] = _portable_data(record.get("data"), out)
+    if "created" not in record:
+        record.update(stamp())
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_tensors(tmp / "model.safetensors", weights, metadata)
+        if zscore:
+            save_tensors(tmp / "zscore.safetensors", zscore_tensors(zscore))
+        write_json(tmp / "config.json", record)
+        if log is not None:
+            write_json(tmp / "train_log.json", log)
+        for name in keep:
+            if (out / name).exists():
+                os.replace(out / name, tmp / name)
+    return record

@@ -307,7 +307,9 @@ def blurry_images(run, voxels, vae, *, subject: int | None = None, session: int 
     if recorded.get("weights") != vae.space["weights"] or recorded.get("model") != vae.space["model"]:
         raise MindsearchError(f"the run's low-level head was trained for VAE {recorded.get('model')} "
                               f"{recorded.get('weights')}, not {vae.kind} {vae.fingerprint}", run.path)
-    out = run.encode(voxels, subject=subject, session=session, zscore=zscore, outputs=("lowlevel",))
+    # The encoder runs on ``device`` too, not only the VAE.
+    out = run.encode(voxels, subject=subject, session=session, zscore=zscore, outputs=("lowlevel",),
+                     device=device)
     if "lowlevel" not in out:
         raise MindsearchError("the run's encoder produced no low-level latents", run.path)
     return vae.decode(out["lowlevel"])

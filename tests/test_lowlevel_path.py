@@ -144,7 +144,7 @@ def test_train_mindeye_learns_the_vae_latents(tmp_path, small_dataset):
     torch.manual_seed(1)
     fresh = MindEyeModel(run.config["mindeye"]).eval()
     with torch.no_grad():
-        before = fresh(torch.from_numpy(train.voxels[rows]), 1)["lowlevel"].numpy()
+        before = fresh(torch.from_numpy(train.voxels[rows]), 1).lowlevel.numpy()
     l1_before, l1_after = np.abs(before - target).mean(), np.abs(out["lowlevel"] - target).mean()
     assert l1_after < 0.8 * l1_before, (l1_before, l1_after)
     assert l1_after < np.abs(target).mean()  # better than predicting zeros: it learnt the latents' statistics

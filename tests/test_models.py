@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from mindsearch.errors import MindsearchError  # noqa: E402
 from mindsearch.models import count_parameters, create_model, from_pretrained  # noqa: E402
 from mindsearch.models.encoder import load_run_encoder  # noqa: E402
-from mindsearch.models.factory import RUN_FORMAT  # noqa: E402
+from mindsearch.runs import RUN_FORMAT  # noqa: E402
 
 T, D = 3, 16
 
@@ -24,14 +24,14 @@ def test_forward_shapes_every_head():
     model = _tiny(use_lowlevel=True)
     x1, x2 = torch.randn(4, 40), torch.randn(2, 30)
     out = model(x1, 1, targets=torch.randn(4, T, D))
-    assert out["backbone"].shape == (4, T, D)
-    assert out["disjointed"].shape == (4, T, D)
-    assert out["features"].shape == (4, model.config["hidden"])
-    assert out["lowlevel"].shape == (4, 4, 8, 8)  # tiny: 8x4x4 map -> 4x8x8 latent
-    assert out["lowlevel_aux"].shape == (4, 16, 4, 4)
-    assert out["prior_loss"].ndim == 0 and out["prior_x0"].shape == (4, T, D)
+    assert out.backbone.shape == (4, T, D)
+    assert out.disjointed.shape == (4, T, D)
+    assert out.features.shape == (4, model.config.hidden)
+    assert out.lowlevel.shape == (4, 4, 8, 8)  # tiny: 8x4x4 map -> 4x8x8 latent
+    assert out.lowlevel_aux.shape == (4, 16, 4, 4)
+    assert out.prior_loss.ndim == 0 and out.prior_x0.shape == (4, T, D)
     both = model([x1, x2], [1, 2])  # multi-subject batch: concatenated after the adapters
-    assert both["disjointed"].shape == (6, T, D)
+    assert both.disjointed.shape == (6, T, D)
 
 
 def test_modules_standalone():
@@ -52,10 +52,10 @@ def test_modules_standalone():
 
 def test_heads_can_be_switched_off():
     model = _tiny(use_prior=False, use_projector=False)
-    assert model.prior is None and model.projector is None and model.config["prior"] is None
+    assert model.prior is None and model.projector is None and model.config.prior is None
     out = model(torch.randn(2, 40), 1, targets=torch.randn(2, T, D))
-    assert "prior_loss" not in out
-    assert torch.equal(out["disjointed"], out["backbone"])
+    assert out.prior_loss is None
+    assert torch.equal(out.disjointed, out.backbone)
 
 
 def test_paper_parameter_count_on_meta_device():
@@ -84,7 +84,7 @@ def test_save_pretrained_round_trip(tmp_path):
         assert k == k2 and torch.equal(a, b), k
     x = torch.randn(3, 30)
     with torch.no_grad():
-        assert torch.equal(model(x, 2)["disjointed"], loaded(x, 2)["disjointed"])
+        assert torch.equal(model(x, 2).disjointed, loaded(x, 2).disjointed)
 
 
 def test_new_subject_adapter_trains_only_itself():
@@ -92,13 +92,13 @@ def test_new_subject_adapter_trains_only_itself():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.add_subject(5, 25)
     new_w = model.adapters.linears["subj05"].weight.detach().clone()
-    assert model.subjects == [1, 2, 5] and model.config["n_voxels"]["5"] == 25
+    assert model.subjects == [1, 2, 5] and model.config.n_voxels["5"] == 25
     names = model.train_only([5])
     assert names and all(n.startswith("adapters.linears.subj05.") for n in names)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
         out = model(torch.randn(8, 25), 5, targets=torch.randn(8, T, D))
-        loss = out["disjointed"].pow(2).mean() + out["prior_loss"]
+        loss = out.disjointed.pow(2).mean() + out.prior_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,7 +114,7 @@ def test_new_subject_adapter_trains_only_itself():
 
 def test_prior_sample_shape_strided_and_deterministic():
     model = _tiny().eval()
-    cond = model(torch.randn(3, 40), 1)["backbone"]
+    cond = model(torch.randn(3, 40), 1).backbone
     a = model.prior.sample(cond, generator=torch.Generator().manual_seed(1))
     b = model.prior.sample(cond, steps=20, generator=torch.Generator().manual_seed(1))
     c = model.prior.sample(cond, steps=20, generator=torch.Generator().manual_seed(1))
@@ -160,7 +160,7 @@ def test_run_encoder(tmp_path):
     model = _tiny()
     record = {"format": RUN_FORMAT, "model": "mindeye", "subject": 1, "train": {"prior_sample_steps": 10}}
     model.save_pretrained(tmp_path, extra_config=record)
-    enc = load_run_encoder(tmp_path, {**record, "mindeye": model.config})
+    enc = load_run_encoder(tmp_path, {**record, "mindeye": model.config.to_dict()})
     x = np.random.default_rng(0).standard_normal((5, 40)).astype(np.float32)
     out = enc.encode(x, 1)
     assert set(out) == {"disjointed", "backbone", "aligned"}
@@ -173,3 +173,85 @@ def test_run_encoder(tmp_path):
         enc.encode(x, 3)
     with pytest.raises(MindsearchError):
         enc.encode(x[:, :10], 1)
+
+
+def test_config_is_typed_and_read_strictly(tmp_path):
+    import json
+
+    from mindsearch.models.config import MindEyeConfig, PriorConfig
+
+    model = _tiny()
+    assert isinstance(model.config, MindEyeConfig) and isinstance(model.config.prior, PriorConfig)
+    assert MindEyeConfig.from_dict(json.loads(json.dumps(model.config.to_dict()))) == model.config
+    bad = model.config.to_dict()
+    bad["prior"]["dpeth"] = 3
+    with pytest.raises(MindsearchError, match=r"prior\.dpeth") as err:
+        MindEyeConfig.from_dict(bad, tmp_path / "config.json")
+    assert err.value.path == str(tmp_path / "config.json")
+    preset = tmp_path / "mine.json"
+    preset.write_text(json.dumps({"name": "mine", "hidden": 32, "hiden": 64}))
+    with pytest.raises(MindsearchError, match="hiden") as err:
+        create_model(preset, {1: 10}, tokens=T, dim=D)
+    assert err.value.path == str(preset)
+
+
+def test_runs_written_before_typed_configs_still_load(tmp_path):
+    """A run directory exactly as the dict-config code wrote it: every section spelled out."""
+    from mindsearch.io import write_json
+    from mindsearch.runs import open_run
+
+    model = _tiny().eval()
+    model.save_pretrained(tmp_path / "new", extra_config={"model": "mindeye", "subject": 1, "n_voxels": 40})
+    old_mindeye = {
+        "name": "tiny", "hidden": 128, "n_blocks": 2, "drop_in": 0.5, "drop_block": 0.15, "tokens": T, "dim": D,
+        "projector": {"hidden": 64},
+        "prior": {"depth": 1, "heads": 2, "dim_head": 16, "ff_mult": 2, "timesteps": 100, "cond_drop_prob": 0.2,
+                  "embed_scale": "auto"},
+        "lowlevel": None, "n_voxels": {"1": 40, "2": 30},
+    }
+    record = {"format": RUN_FORMAT, "model": "mindeye", "subject": 1, "n_voxels": 40,
+              "subjects": {"1": 40, "2": 30}, "target_shape": [T, D], "data": {"path": "/somewhere/else"},
+              "train": {"preset": "tiny"}, "mindeye": old_mindeye}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((tmp_path / "new" / "model.safetensors").read_bytes())
+    write_json(old / "config.json", record)
+    run = open_run(old)
+    x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x), 1).disjointed.numpy()
+    np.testing.assert_allclose(run.encode(x, zscore=False, outputs=("disjointed",))["disjointed"], want,
+                               rtol=1e-5, atol=1e-6)
+    assert run.data_path == "/somewhere/else"
+
+
+def test_prior_drops_the_noised_target_at_its_rate():
+    from mindsearch.models.prior import DiffusionPrior
+
+    torch.manual_seed(0)
+    prior = DiffusionPrior(tokens=2, dim=8, depth=1, heads=2, dim_head=4, image_cond_drop_prob=0.2)
+    keep, keep_target = prior.drop_masks(20000)
+    assert abs((~keep_target).float().mean().item() - 0.2) < 0.01
+    assert abs((~keep).float().mean().item() - 0.2) < 0.01
+    # a dropped row's prediction does not depend on its noised target; a kept row's does
+    net, t, brain = prior.net.eval(), torch.tensor([50, 50]), torch.randn(2, 2, 8)
+    x1, x2 = torch.randn(2, 2, 8), torch.randn(2, 2, 8)
+    mask = torch.tensor([False, True])
+    with torch.no_grad():
+        a, b = net(x1, t, brain, None, mask), net(x2, t, brain, None, mask)
+    assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])
+    # without target dropout there is no null target (older runs keep their exact parameters)
+    assert DiffusionPrior(tokens=2, dim=8, depth=1, heads=2, dim_head=4).net.null_target is None
+
+
+def test_mindeye2_sampler_grid():
+    from mindsearch.models.prior import DiffusionPrior
+
+    prior = DiffusionPrior(tokens=2, dim=8, depth=1, heads=2, dim_head=4, sampler="mindeye2")
+    assert prior.timestep_grid(20) == list(range(94, 3, -5))  # 94, 89, ..., 4
+    assert prior.timestep_grid(100) == list(range(99, -1, -1))
+    ours = DiffusionPrior(tokens=2, dim=8, depth=1, heads=2, dim_head=4)
+    assert ours.timestep_grid(20)[0] == 99 and ours.timestep_grid(20)[-1] == 0
+    cond = torch.randn(3, 2, 8)
+    out = prior.eval().sample(cond, steps=20, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 2, 8) and torch.isfinite(out).all()

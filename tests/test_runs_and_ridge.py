@@ -158,3 +158,24 @@ def test_demo_runs_end_to_end(tmp_path):
     (tmp_path / "mine" / "keep.txt").write_text("x")
     res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "mine")])
     assert res.exit_code == 2 and (tmp_path / "mine" / "keep.txt").exists()
+
+
+def test_a_run_moved_with_its_data_still_finds_it(tmp_path, world):
+    """Runs record the data path relative to themselves; absolute records (older runs) still work."""
+    import shutil
+
+    from mindsearch.runs import open_run
+
+    root, data, _ = world
+    cfg = json.loads((root / "ridge" / "config.json").read_text())
+    assert not cfg["data"]["path"].startswith("/")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data, moved / data.name)
+    shutil.copytree(root / "ridge", moved / "ridge")
+    assert open_run(moved / "ridge").data_path == str(moved / data.name)
+    res = CliRunner().invoke(cli, ["eval", "retrieval", "--run", str(moved / "ridge"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "warning" not in json.loads(res.stdout)
+    cfg["data"]["path"] = str(data.resolve())  # a run written before the change
+    write_json(moved / "ridge" / "config.json", cfg)
+    assert open_run(moved / "ridge").data_path == str(data.resolve())

@@ -117,7 +117,7 @@ def test_multi_subject_then_new_subject_adapter_only(tmp_path):
     before = {k: v.clone() for k, v in base.state_dict().items()}
     cfg = _cfg(epochs=2, adapter_only=True)
     s3 = train_arrays({3: vox[3]}, {3: ids[3]}, targets, cfg, tmp_path / "enrol", model=base, progress=False)
-    assert s3["n_trainable"] == 30 * base.config["hidden"] + base.config["hidden"]
+    assert s3["n_trainable"] == 30 * base.config.hidden + base.config.hidden
     after = from_pretrained(tmp_path / "enrol")
     assert after.subjects == [1, 2, 3]
     state = after.state_dict()
@@ -184,7 +184,7 @@ def test_lowlevel_head_trains_with_vae_targets(tmp_path):
                      lowlevel_lookup=lambda i: (latents[i], feats[i]))
     assert np.isfinite(s["final_loss"])
     model = from_pretrained(tmp_path / "low")
-    assert model.lowlevel is not None and model(torch.randn(2, 50), 1)["lowlevel"].shape == (2, 4, 8, 8)
+    assert model.lowlevel is not None and model(torch.randn(2, 50), 1).lowlevel.shape == (2, 4, 8, 8)
     from mindsearch.errors import MindsearchError
 
     with pytest.raises(MindsearchError):  # the head needs its targets

@@ -75,10 +75,6 @@ def soft_clip_loss(preds, targs, temp: float = 0.006) -> torch.Tensor:
     return (loss1 + loss2) / 2
 
 
-def prior_mse(pred_x0: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred_x0.float(), x0.float())
-
-
 def lowlevel_loss(pred_latent, target_latent, aux_pred=None, aux_target=None, scale: float = VAE_SCALE,
                   cont_weight: float = 0.1, temp: float = 0.075) -> torch.Tensor:
     """MindEye1 low-level: ``L1(latent)/0.18215 + 0.1 * soft contrastive(aux projection, teacher)``.
@@ -102,5 +98,5 @@ def total_loss(contrastive: torch.Tensor, prior: torch.Tensor | None = None, pri
     return loss
 
 
-__all__ = ["clip_loss", "mixco", "mixco_nce", "soft_clip_loss", "prior_mse", "lowlevel_loss", "total_loss",
+__all__ = ["clip_loss", "mixco", "mixco_nce", "soft_clip_loss", "lowlevel_loss", "total_loss",
            "cosine_anneal", "VAE_SCALE"]

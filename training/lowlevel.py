@@ -47,8 +47,8 @@ def prepare_lowlevel(ds, vae, image_ids, preset, size: int | None = None, device
     def lookup(ids):
         return latents[np.searchsorted(unique, np.asarray(ids, dtype=np.int64))], None
 
-    section = (load_preset(preset).get("lowlevel") or None)
-    if not section:
+    section = load_preset(preset).get("lowlevel")
+    if section is None:
         raise MindsearchError(f"model config {preset!r} has no lowlevel section")
     overrides = {"lowlevel": fit_to_latent(section, shape[0], shape[1])}
     record = {"space": vae.space, "source": vae.source, "image_size": int(size), "latent_shape": list(shape)}

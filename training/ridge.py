@@ -54,9 +54,7 @@ def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str
     """Fit ridge on one subject's training split and write a run directory at ``out``."""
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
-    from mindsearch.io import atomic_path, save_tensors, write_json
-    from mindsearch.provenance import stamp
-    from mindsearch.runs import RUN_FORMAT
+    from mindsearch.runs import write_run
 
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
@@ -81,7 +79,6 @@ def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str
                 f"(top-1 {info['val_top1'][f'{alpha:g}']:.1%})")
         coef, intercept = fit_ridge(x, y, alpha)
         config = {
-            "format": RUN_FORMAT,
             "model": "ridge",
             "subject": int(subject),
             "n_voxels": int(x.shape[1]),
@@ -94,13 +91,6 @@ def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str
             "train": {"alpha": float(alpha), "average": average, "sessions": sessions,
                       "n_rows": int(x.shape[0]), "alpha_search": info,
                       "seconds": round(time.perf_counter() - t0, 2)},
-            **stamp(),
         }
         zscore = split.zscore
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        save_tensors(tmp / "model.safetensors", {"coef": coef, "intercept": intercept})
-        save_tensors(tmp / "zscore.safetensors", zscore.to_tensors())
-        write_json(tmp / "config.json", config)
-    return config
+    return write_run(out, config, {"coef": coef, "intercept": intercept}, zscore={int(subject): zscore})

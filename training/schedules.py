@@ -71,9 +71,5 @@ def make_scheduler(optimizer, max_lr: float, total_steps: int, epochs: int):
     )
 
 
-def steps_per_epoch(n_items: int, batch_size: int, accumulate: int = 1) -> int:
-    return max(n_items // (batch_size * accumulate), 0)
-
-
 __all__ = ["cosine_anneal", "mixup_epochs", "softclip_temperature", "param_groups", "make_optimizer",
-           "make_scheduler", "steps_per_epoch"]
+           "make_scheduler"]

@@ -237,7 +237,7 @@ def _step_loss(model, voxels: list, subjects: list, targets, phase: str, temp: f
             offset += len(v)
         voxels, perm, betas = mixed, torch.cat(perms), torch.cat(bs)
     out = model(voxels, subjects, targets=targets if cfg.use_prior else None)
-    preds = out["disjointed"]
+    preds = out.disjointed
     if phase == "bimixco":
         contrastive = mixco_nce(preds, targets, perm, betas, temp=temp)
     elif phase == "clip":
@@ -245,13 +245,13 @@ def _step_loss(model, voxels: list, subjects: list, targets, phase: str, temp: f
     else:
         contrastive = soft_clip_loss(preds, targets, temp=temp)
     low = None
-    if lowlevel_targets is not None and "lowlevel" in out:
+    if lowlevel_targets is not None and out.lowlevel is not None:
         latents, feats = lowlevel_targets
-        low = lowlevel_loss(out["lowlevel"], latents, out["lowlevel_aux"], feats)
-    loss = total_loss(contrastive, out.get("prior_loss"), cfg.prior_weight, low, cfg.lowlevel_weight)
+        low = lowlevel_loss(out.lowlevel, latents, out.lowlevel_aux, feats)
+    loss = total_loss(contrastive, out.prior_loss, cfg.prior_weight, low, cfg.lowlevel_weight)
     parts = {"contrastive": float(contrastive.detach())}
-    if "prior_loss" in out:
-        parts["prior"] = float(out["prior_loss"].detach())
+    if out.prior_loss is not None:
+        parts["prior"] = float(out.prior_loss.detach())
     if low is not None:
         parts["lowlevel"] = float(low.detach())
     return loss, parts
@@ -272,7 +272,7 @@ def validate(model, val: dict, lookup, device, size: int = 300, batch: int = 256
             outs = []
             for i in range(0, len(rows), batch):
                 xb = torch.from_numpy(np.asarray(vox[rows[i : i + batch]], dtype=np.float32)).to(device)
-                outs.append(model([xb], [s])["disjointed"].float().cpu().numpy())
+                outs.append(model([xb], [s]).disjointed.float().cpu().numpy())
             fwd, bwd = top1_full_pool(np.concatenate(outs), lookup(ids[rows]))
             res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd, "n": int(len(rows))}
     model.train(was_training)
@@ -301,20 +301,6 @@ def _with_overrides(preset, overrides: dict | None):
         base = config.get(section)
         config[section] = {**base, **values} if isinstance(base, dict) and isinstance(values, dict) else values
     return config
-
-
-def _zscore_tensors(zscores: dict) -> dict:
-    """``zscore.safetensors`` in ``ZScore.to_tensors`` layout for the run's first subject;
-    with several subjects each one's arrays also appear as ``subjNN.<name>``."""
-
-    out = {}
-    for k, (s, z) in enumerate(sorted(zscores.items())):
-        arrays = z.to_tensors()
-        if k == 0:
-            out.update(arrays)
-        if len(zscores) > 1:
-            out.update({f"subj{int(s):02d}.{name}": a for name, a in arrays.items()})
-    return out
 
 
 def train_arrays(
@@ -384,13 +370,12 @@ def train_arrays(
         model = create_model(_with_overrides(cfg.preset, model_overrides), n_voxels, tokens=tokens, dim=dim,
                              use_projector=cfg.use_projector,
                              use_prior=cfg.use_prior, use_lowlevel=cfg.use_lowlevel)
-        prior_cfg = model.config.get("prior") or {}
-        if model.prior is not None and prior_cfg.get("embed_scale") == "auto":
+        if model.prior is not None and model.config.prior.embed_scale == "auto":
             model.prior.set_embed_scale(torch.from_numpy(sample_targets))
     else:
-        if (model.config["tokens"], model.config["dim"]) != (tokens, dim):
+        if (model.config.tokens, model.config.dim) != (tokens, dim):
             raise MindsearchError(
-                f"the initial model maps to {model.config['tokens']}x{model.config['dim']} but the "
+                f"the initial model maps to {model.config.tokens}x{model.config.dim} but the "
                 f"targets are {tokens}x{dim}"
             )
         for s in subjects:
@@ -545,13 +530,8 @@ def train_arrays(
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from mindsearch.io import save_tensors, write_json
-        from mindsearch.models.factory import RUN_FORMAT
-        from mindsearch.provenance import stamp
-
         info = run_info or {}
         record = {
-            "format": RUN_FORMAT,
             "model": "mindeye",
             "subject": subjects[0],
             "n_voxels": n_voxels[subjects[0]],
@@ -561,20 +541,10 @@ def train_arrays(
             "seed": cfg.seed,
             "data": info.get("data"),
             "train": cfg.to_dict(),
-            **stamp(),
+            **{k: info[k] for k in ("from_run", "lowlevel_vae") if k in info},
         }
-        if "from_run" in info:
-            record["from_run"] = info["from_run"]
-        if "lowlevel_vae" in info:
-            record["lowlevel_vae"] = info["lowlevel_vae"]
-        save_pretrained(raw, out_dir, extra_config=record)
-        if zscore:
-            save_tensors(out_dir / "zscore.safetensors", _zscore_tensors(zscore))
-        write_json(out_dir / "train_log.json", summary)
-        if not cfg.keep_checkpoint:
-            import shutil
-
-            shutil.rmtree(ckpt, ignore_errors=True)
+        save_pretrained(raw, out_dir, extra_config=record, zscore=zscore, log=summary,
+                        keep=(CKPT_DIR,) if cfg.keep_checkpoint else ())
     return summary
 
 
@@ -646,8 +616,8 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
 
 def _check_lowlevel_head(model, latent_shape, from_run) -> None:
     """Fine-tuning keeps the run's head: it must already output the VAE's latent shape."""
-    low = model.config.get("lowlevel")
-    have = None if not low else [low["latent_channels"], low["latent_size"], low["latent_size"]]
+    low = model.config.lowlevel
+    have = None if not low else [low.latent_channels, low.latent_size, low.latent_size]
     if have != list(latent_shape):
         what = "no low-level head" if have is None else f"a low-level head for latents {have}"
         raise MindsearchError(f"the run to fine-tune has {what}, but the VAE gives latents {list(latent_shape)}",

@@ -8,15 +8,13 @@
 from __future__ import annotations
 
 __all__ = ["create_model", "count_parameters", "from_pretrained", "save_pretrained", "load_preset",
-           "resolve_config", "load_run_encoder", "PRESETS"]
-
-PRESETS = ("tiny", "light", "paper")
+           "resolve_config", "load_run_encoder", "list_presets"]
 
 
 def __getattr__(name):
     # Lazy so that ``import mindsearch.models`` never pulls torch in.
     if name in ("create_model", "count_parameters", "from_pretrained", "save_pretrained",
-                "load_preset", "resolve_config"):
+                "load_preset", "resolve_config", "list_presets"):
         from mindsearch.models import factory
 
         return getattr(factory, name)

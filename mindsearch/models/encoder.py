@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,59 +18,51 @@ from torch import nn
 
 from mindsearch.models.adapters import SubjectAdapters, subject_key
 from mindsearch.models.backbone import Backbone
+from mindsearch.models.config import MindEyeConfig
 from mindsearch.models.lowlevel import LowLevelHead
 from mindsearch.models.prior import DiffusionPrior
 from mindsearch.models.projector import Projector
 
 
+@dataclass
+class MindEyeOutput:
+    """What ``MindEyeModel.forward`` returns; heads that are off (or not asked for) give ``None``."""
+
+    backbone: torch.Tensor  # (n, T, D): what the prior reads
+    features: torch.Tensor  # (n, hidden): trunk features, read by the low-level head
+    disjointed: torch.Tensor  # (n, T, D): the retrieval embedding (the projector's, else the backbone)
+    lowlevel: torch.Tensor | None = None  # (n, C, S, S) VAE latent
+    lowlevel_aux: torch.Tensor | None = None  # (n, aux_dim, s, s) for the soft contrastive term
+    prior_loss: torch.Tensor | None = None  # with targets and a prior
+    prior_x0: torch.Tensor | None = None
+
+
 class MindEyeModel(nn.Module):
-    def __init__(self, config: dict):
-        """``config`` is a resolved config (see ``factory.resolve_config``); use ``create_model``."""
+    def __init__(self, config: MindEyeConfig | dict):
+        """``config``: a resolved ``MindEyeConfig`` (``factory.resolve_config``) or its dict (as a
+        run's ``config.json`` holds it, read strictly); use ``create_model``."""
         super().__init__()
+        if isinstance(config, dict):
+            config = MindEyeConfig.from_dict(config)
         self.config = config
-        hidden, tokens, dim = config["hidden"], config["tokens"], config["dim"]
-        n_voxels = {int(s): int(v) for s, v in config["n_voxels"].items()}
-        self.adapters = SubjectAdapters(n_voxels, hidden)
-        self.backbone = Backbone(
-            hidden, tokens, dim, config["n_blocks"], config["drop_in"], config["drop_block"]
-        )
-        proj, prior, low = config.get("projector"), config.get("prior"), config.get("lowlevel")
-        self.projector = Projector(dim, proj["hidden"]) if proj else None
-        self.prior = (
-            DiffusionPrior(
-                tokens,
-                dim,
-                depth=prior["depth"],
-                heads=prior["heads"],
-                dim_head=prior["dim_head"],
-                ff_mult=prior.get("ff_mult", 4),
-                timesteps=prior.get("timesteps", 100),
-                cond_drop_prob=prior.get("cond_drop_prob", 0.2),
-                embed_scale=prior.get("embed_scale", "sqrt_dim"),
-            )
-            if prior
-            else None
-        )
-        self.lowlevel = (
-            LowLevelHead(
-                hidden,
-                channels=low["channels"],
-                size=low["size"],
-                latent_channels=low["latent_channels"],
-                latent_size=low["latent_size"],
-                decoder_channels=tuple(low["decoder_channels"]),
-                aux_dim=low["aux_dim"],
-                dropout=low.get("dropout", 0.3),
-            )
-            if low
-            else None
-        )
+        c = config
+        n_voxels = {int(s): int(v) for s, v in c.n_voxels.items()}
+        self.adapters = SubjectAdapters(n_voxels, c.hidden)
+        self.backbone = Backbone(c.hidden, c.tokens, c.dim, c.n_blocks, c.drop_in, c.drop_block, block=c.block)
+        self.projector = (Projector(c.dim, c.projector.hidden, residual=c.projector.residual)
+                          if c.projector else None)
+        self.prior = DiffusionPrior(c.tokens, c.dim, **asdict(c.prior)) if c.prior else None
+        self.lowlevel = None
+        if c.lowlevel:
+            low = asdict(c.lowlevel)
+            low["decoder_channels"] = tuple(low["decoder_channels"])
+            self.lowlevel = LowLevelHead(c.hidden, **low)
 
     @property
     def subjects(self) -> list[int]:
         return self.adapters.subjects
 
-    def forward(self, voxels, subject, targets: torch.Tensor | None = None) -> dict:
+    def forward(self, voxels, subject, targets: torch.Tensor | None = None) -> MindEyeOutput:
         """One subject (``voxels`` tensor, ``subject`` int) or several (lists, concatenated in order).
 
         With ``targets`` (n, T, D) and a prior, also returns the prior's ``prior_loss``; computing
@@ -80,18 +73,18 @@ class MindEyeModel(nn.Module):
         else:
             h = self.adapters(voxels, subject)
         backbone, features = self.backbone(h)
-        out = {"backbone": backbone, "features": features}
-        out["disjointed"] = self.projector(backbone) if self.projector is not None else backbone
+        disjointed = self.projector(backbone) if self.projector is not None else backbone
+        out = MindEyeOutput(backbone, features, disjointed)
         if self.lowlevel is not None:
-            out["lowlevel"], out["lowlevel_aux"] = self.lowlevel(features)
+            out.lowlevel, out.lowlevel_aux = self.lowlevel(features)
         if targets is not None and self.prior is not None:
-            out["prior_loss"], out["prior_x0"] = self.prior.loss(backbone, targets)
+            out.prior_loss, out.prior_x0 = self.prior.loss(backbone, targets)
         return out
 
     def add_subject(self, subject: int, n_voxels: int) -> nn.Linear:
         """Enrol a new subject: a fresh adapter into the shared hidden space."""
         layer = self.adapters.add_subject(subject, n_voxels)
-        self.config["n_voxels"][str(int(subject))] = int(n_voxels)
+        self.config.n_voxels[str(int(subject))] = int(n_voxels)
         return layer
 
     def train_only(self, subjects: list[int]) -> list[str]:
@@ -156,14 +149,13 @@ class RunEncoder:
             out = self.model(xb, subject)
             for k in ("disjointed", "backbone", "lowlevel"):
                 if k in parts:
-                    parts[k].append(out[k].float().cpu().numpy())
+                    parts[k].append(getattr(out, k).float().cpu().numpy())
             if "aligned" in parts:
-                aligned = self.model.prior.sample(out["backbone"], steps=self.prior_steps, generator=gen)
+                aligned = self.model.prior.sample(out.backbone, steps=self.prior_steps, generator=gen)
                 parts["aligned"].append(aligned.float().cpu().numpy())
-        t, d = self.model.config["tokens"], self.model.config["dim"]
-        low = self.model.config.get("lowlevel") or {}
-        c, s = low.get("latent_channels", 0), low.get("latent_size", 0)
-        empty = {"lowlevel": (0, c, s, s)}
+        t, d = self.model.config.tokens, self.model.config.dim
+        low = self.model.config.lowlevel
+        empty = {"lowlevel": (0, low.latent_channels, low.latent_size, low.latent_size) if low else (0,)}
         return {
             k: (np.concatenate(p, 0) if p else np.zeros(empty.get(k, (0, t, d)), np.float32)).astype(np.float32)
             for k, p in parts.items()

@@ -17,20 +17,23 @@ import json
 from pathlib import Path
 
 from mindsearch.errors import MindsearchError
+from mindsearch.models.config import MindEyeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-PRESETS = ("tiny", "light", "paper")
-RUN_FORMAT = "mindsearch-run/1"
+
+
+def list_presets() -> list[str]:
+    """Preset names: the JSON files in ``configs/`` (open_clip's way; add a file to add one)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
 def load_preset(config: str | Path | dict) -> dict:
     """A preset name, a path to a JSON config, or a dict (copied)."""
     if isinstance(config, dict):
         return copy.deepcopy(config)
-    text = str(config)
-    path = CONFIG_DIR / f"{text}.json" if text in PRESETS else Path(text)
+    path = _preset_path(config)
     if not path.is_file():
-        raise MindsearchError(f"unknown model config (presets: {', '.join(PRESETS)})", path)
+        raise MindsearchError(f"unknown model config (presets: {', '.join(list_presets())})", path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -45,8 +48,13 @@ def resolve_config(
     use_projector: bool | None = None,
     use_prior: bool | None = None,
     use_lowlevel: bool | None = None,
-) -> dict:
+) -> MindEyeConfig:
+    """A preset (name, path or dict) + what comes from the data -> the ``MindEyeConfig`` of a model.
+
+    A preset is a model config plus a ``train`` section (training defaults) and, per head, an
+    optional ``enabled`` flag; the ``use_*`` arguments override those flags."""
     cfg = load_preset(config)
+    source = None if isinstance(config, dict) else _preset_path(config)
     cfg.pop("train", None)  # training defaults are not architecture
     if tokens is not None:
         cfg["tokens"] = int(tokens)
@@ -59,16 +67,16 @@ def resolve_config(
     cfg["n_voxels"] = {str(int(s)): int(v) for s, v in sorted(n_voxels.items())}
     for part, flag in (("projector", use_projector), ("prior", use_prior), ("lowlevel", use_lowlevel)):
         section = cfg.get(part)
-        on = bool(section) and section.get("enabled", True) if flag is None else bool(flag)
-        if on and not section:
-            raise MindsearchError(f"config {cfg.get('name')!r} has no {part} section to enable")
-        if on:
-            section = dict(section)
-            section.pop("enabled", None)
-            cfg[part] = section
-        else:
-            cfg[part] = None
-    return cfg
+        on = section is not None and section.get("enabled", True) if flag is None else bool(flag)
+        if on and section is None:
+            raise MindsearchError(f"config {cfg.get('name')!r} has no {part} section to enable", source)
+        cfg[part] = {k: v for k, v in section.items() if k != "enabled"} if on else None
+    return MindEyeConfig.from_dict(cfg, source)
+
+
+def _preset_path(config) -> Path:
+    text = str(config)
+    return CONFIG_DIR / f"{text}.json" if text in list_presets() else Path(text)
 
 
 def create_model(config, n_voxels: dict[int, int], tokens: int | None = None, dim: int | None = None,
@@ -98,30 +106,34 @@ def count_parameters(model_or_config, n_voxels: dict[int, int] | None = None, pa
                for p in getattr(model, name).parameters())
 
 
-def save_pretrained(model, directory: str | Path, extra_config: dict | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (the resolved model config, or a run config that
-    carries it under ``"mindeye"`` when ``extra_config`` is a run record)."""
-    from mindsearch.io import save_tensors, write_json
+def save_pretrained(model, directory: str | Path, extra_config: dict | None = None, **run_files) -> dict:
+    """``model.safetensors`` + ``config.json``: the resolved model config, or, when
+    ``extra_config`` is a run record, a run directory (``mindsearch.runs.write_run``, which also
+    takes ``run_files``: ``zscore``, ``log``, ``keep``) carrying it under ``"mindeye"``."""
+    from mindsearch.io import atomic_path, save_tensors, write_json
+    from mindsearch.runs import write_run
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
-    save_tensors(directory / "model.safetensors", state, {"format": "mindeye"})
     if extra_config is not None:
-        record = dict(extra_config)
-        record["mindeye"] = model.config
-    else:
-        record = model.config
-    write_json(directory / "config.json", record)
+        record = {**extra_config, "mindeye": model.config.to_dict()}
+        return write_run(directory, record, state, metadata={"format": "mindeye"}, **run_files)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        save_tensors(tmp / "model.safetensors", state, {"format": "mindeye"})
+        write_json(tmp / "config.json", model.config.to_dict())
+    return model.config.to_dict()
 
 
-def model_config_of(record: dict, path=None) -> dict:
+def model_config_of(record: dict, path=None) -> MindEyeConfig:
+    """The model config inside a run record (``"mindeye"``) or a bare model ``config.json``."""
+    from mindsearch.runs import RUN_FORMAT
+
     if record.get("format") == RUN_FORMAT:
         if record.get("model") != "mindeye" or "mindeye" not in record:
             raise MindsearchError(f"not a mindeye run (model {record.get('model')!r})", path)
-        return record["mindeye"]
-    return record
+        record = record["mindeye"]
+    return MindEyeConfig.from_dict(record, path)
 
 
 def from_pretrained(directory: str | Path, device: str = "cpu"):

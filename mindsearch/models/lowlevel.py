@@ -94,6 +94,11 @@ def fit_to_latent(section: dict, latent_channels: int, latent_size: int) -> dict
     keeps its cost) or stops being even; ``decoder_channels`` is cut, or its last width repeated, to
     one entry per 2x stage plus one. The result is what gets saved, so reloading rebuilds it exactly.
     """
+    from dataclasses import asdict
+
+    from mindsearch.models.config import LowLevelConfig
+
+    section = {**asdict(LowLevelConfig()), **{k: v for k, v in section.items() if k != "enabled"}}
     out = dict(section)
     size = int(latent_size)
     while size > int(section["size"]) and size % 2 == 0:

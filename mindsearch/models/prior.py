@@ -13,8 +13,14 @@ embeddings and a relative-position bias; without them the brain tokens would be 
 blocks are plain pre-norm attention + GELU feed-forward.
 
 Sampling is the DDPM posterior ``q(x_{t-1} | x_t, x0_hat)``. With ``steps < timesteps`` the
-chain is re-spaced (Nichol & Dhariwal 2021): the same posterior on a strided subset of the
-schedule, which is what MindEye2's 20-of-100 sampling (dalle2 DDIM with eta=1) amounts to.
+chain is re-spaced (Nichol & Dhariwal 2021): the same posterior on a subset of the schedule,
+which is what MindEye2's 20-of-100 sampling (dalle2 DDIM with eta=1) amounts to. The subset is
+``sampler="strided"`` (evenly spaced, ending at t = 0) or ``"mindeye2"``: dalle2's grid
+``int(linspace(-1, T, steps + 1))``, i.e. t = 94, 89, ..., 4 for 20 of 100, each step using the
+next grid point's alpha-bar and the last one returning its x0 prediction.
+
+``image_cond_drop_prob`` (dalle2's name): that share of training rows, and the unconditional
+branch of guided sampling, see a learned null embedding in place of the noised target.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SAMPLERS = ("strided", "mindeye2")
 
 
 def cosine_alphas_cumprod(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -79,10 +87,13 @@ class TransformerBlock(nn.Module):
 class PriorNetwork(nn.Module):
     """Predicts clean target tokens from (noised targets, timestep, brain tokens)."""
 
-    def __init__(self, tokens: int, dim: int, depth: int, heads: int, dim_head: int, ff_mult: int = 4):
+    def __init__(self, tokens: int, dim: int, depth: int, heads: int, dim_head: int, ff_mult: int = 4,
+                 null_target: bool = False):
         super().__init__()
         self.tokens = tokens
         self.null_brain = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+        # Only built when targets are ever dropped, so runs saved without it load unchanged.
+        self.null_target = nn.Parameter(torch.randn(tokens, dim) * 0.02) if null_target else None
         self.brain_pos = nn.Parameter(torch.randn(tokens, dim) * 0.02)
         self.target_pos = nn.Parameter(torch.randn(tokens, dim) * 0.02)
         self.time_embed = nn.Sequential(
@@ -92,10 +103,14 @@ class PriorNetwork(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
         self.to_out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, brain: torch.Tensor, keep: torch.Tensor | None = None):
-        """``keep`` (n,) bool: False rows see the learned null embedding instead of their brain tokens."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, brain: torch.Tensor, keep: torch.Tensor | None = None,
+                keep_target: torch.Tensor | None = None):
+        """``keep`` (n,) bool: False rows see the learned null embedding instead of their brain
+        tokens; ``keep_target`` likewise for the noised target (needs ``null_target``)."""
         if keep is not None:
             brain = torch.where(keep[:, None, None], brain, self.null_brain[None].to(brain.dtype))
+        if keep_target is not None and self.null_target is not None:
+            x_t = torch.where(keep_target[:, None, None], x_t, self.null_target[None].to(x_t.dtype))
         seq = torch.cat(
             [brain + self.brain_pos, self.time_embed(t)[:, None].to(brain.dtype), x_t + self.target_pos], dim=1
         )
@@ -115,11 +130,16 @@ class DiffusionPrior(nn.Module):
         ff_mult: int = 4,
         timesteps: int = 100,
         cond_drop_prob: float = 0.2,
+        image_cond_drop_prob: float = 0.0,
         embed_scale: float | str = "sqrt_dim",
+        sampler: str = "strided",
     ):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.tokens, self.dim, self.timesteps, self.cond_drop_prob = tokens, dim, timesteps, cond_drop_prob
-        self.net = PriorNetwork(tokens, dim, depth, heads, dim_head, ff_mult)
+        self.image_cond_drop_prob, self.sampler = image_cond_drop_prob, sampler
+        self.net = PriorNetwork(tokens, dim, depth, heads, dim_head, ff_mult, null_target=image_cond_drop_prob > 0)
         # Targets are multiplied by embed_scale so the diffusion runs at ~unit variance per element
         # (dalle2's image_embed_scale = sqrt(dim) for unit-norm embeddings). "auto" starts at 1 and
         # is set from training data by ``set_embed_scale``; it is a buffer so runs reload it.
@@ -147,17 +167,35 @@ class DiffusionPrior(nn.Module):
         noise = torch.randn_like(x0)
         ac = self.alphas_cumprod[t][:, None, None]
         x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
-        keep = torch.rand(n, device=target.device) >= self.cond_drop_prob
-        pred = self.net(x_t, t, brain, keep)
+        keep, keep_target = self.drop_masks(n, target.device)
+        pred = self.net(x_t, t, brain, keep, keep_target)
         return F.mse_loss(pred.float(), x0.float()), pred / self.embed_scale
+
+    def drop_masks(self, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training rows that keep their brain tokens and (with ``image_cond_drop_prob``) their
+        noised target; drawn from the global RNG, brain first, as the loss does."""
+        keep = torch.rand(n, device=device) >= self.cond_drop_prob
+        keep_target = None
+        if self.image_cond_drop_prob > 0:
+            keep_target = torch.rand(n, device=device) >= self.image_cond_drop_prob
+        return keep, keep_target
 
     def _predict_x0(self, x_t, t, brain, cond_scale):
         pred = self.net(x_t, t, brain)
         if cond_scale != 1.0:
-            keep = torch.zeros(len(x_t), dtype=torch.bool, device=x_t.device)
-            null = self.net(x_t, t, brain, keep)
+            # The unconditional branch drops what training dropped: brain tokens and noised target.
+            drop = torch.zeros(len(x_t), dtype=torch.bool, device=x_t.device)
+            null = self.net(x_t, t, brain, drop, drop)
             pred = null + (pred - null) * cond_scale
         return pred
+
+    def timestep_grid(self, steps: int) -> list[int]:
+        """The timesteps a ``steps``-step sample visits, noisiest first."""
+        if self.sampler == "mindeye2" and steps < self.timesteps:
+            grid = torch.linspace(-1.0, self.timesteps, steps + 1)[:-1].int().tolist()
+            return [t for t in reversed(grid) if t >= 0]
+        ts = torch.linspace(0, self.timesteps - 1, steps, dtype=torch.float64).round().long().unique()
+        return ts.flip(0).tolist()
 
     @torch.no_grad()
     def sample(
@@ -172,9 +210,7 @@ class DiffusionPrior(nn.Module):
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in 1..{self.timesteps}, got {steps}")
         n, device = len(cond), cond.device
-        # Evenly strided timesteps, always including the last (noisiest) one, descending.
-        ts = torch.linspace(0, self.timesteps - 1, steps, dtype=torch.float64).round().long().unique()
-        ts = ts.flip(0).tolist()
+        ts = self.timestep_grid(steps)
         ac_all = self.alphas_cumprod.double().cpu()
         x = torch.randn((n, self.tokens, self.dim), generator=generator, device="cpu").to(device, cond.dtype)
         for i, t in enumerate(ts):

@@ -13,8 +13,11 @@ from torch import nn
 
 
 class Projector(nn.Module):
-    def __init__(self, dim: int, hidden: int = 2048):
+    """``residual``: output = input + MLP(input); with ``zero_output`` it starts as the identity."""
+
+    def __init__(self, dim: int, hidden: int = 2048, residual: bool = False):
         super().__init__()
+        self.residual = residual
         self.net = nn.Sequential(
             nn.LayerNorm(dim),
             nn.GELU(),
@@ -28,4 +31,9 @@ class Projector(nn.Module):
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net(tokens)
+        out = self.net(tokens)
+        return tokens + out if self.residual else out
+
+    def zero_output(self) -> None:
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
