@@ -72,6 +72,29 @@ def prepare_nsd_cmd(nsd_root, subject, out, space, betas, roi, sessions, images,
         click.echo(format_preparation(summary, out))
 
 
+@data.command("targets")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--name", required=True, help="Target set name: writes PATH/targets/NAME.npy, NAME_ids.npy, NAME.json.")
+@click.option("--model", default="ViT-L-14", show_default=True, help="open_clip model name or model-config JSON.")
+@click.option("--output", type=click.Choice(["final", "hidden", "tokens"]), default="final", show_default=True,
+              help="final: pooled CLIP embedding; hidden: MindEye1's 257 tokens; tokens: MindEye2's patch tokens.")
+@click.option("--weights", default=None,
+              help="open_clip weights file or folder (omitted: the hub download, online only; 'random' for tests).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def targets_cmd(path, name, model, output, weights, device, precision, batch_size):
+    """Embed the images a dataset's trials show into a target set (what `mindsearch train` learns)."""
+    from mindsearch.cli.common import say
+    from mindsearch.data.embed_targets import embed_targets
+
+    info = embed_targets(path, name, model=model, output=output, weights=weights, device=device,
+                         precision=precision, batch_size=batch_size, log=say)
+    sp = info["space"]
+    click.echo(f"targets {info['name']}: {info['images']} images x {sp['tokens']} x {sp['dim']} "
+               f"({sp['model']} {sp['layer']}) -> {info['file']}")
+
+
 def format_preparation(s: dict, out: str) -> str:
     """The counts a correct preparation prints (README, "Preparing NSD")."""
     c, p, o = s["counts"], s["parameters"], s["outputs"]
