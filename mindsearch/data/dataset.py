@@ -15,7 +15,7 @@ import numpy as np
 from mindsearch.data.arrays import Matrix, Targets
 from mindsearch.errors import MindsearchError
 
-LAYOUTS = ("mindeye2", "mindeye1", "plain")
+LAYOUTS = ("mindeye2", "mindeye1", "plain", "brain-diffuser")
 TRIAL_COLUMNS = ("subject", "session", "trial", "image_id", "split", "rep")
 SPLITS = {"train": "train", "val": "train", "validation": "train", "test": "test"}
 
@@ -244,17 +244,23 @@ def _open_layout(layout: str, root: Path, manifest: dict, voxels) -> BrainDatase
         from mindsearch.data.mindeye1 import open_mindeye1
 
         return open_mindeye1(root, manifest)
+    if layout == "brain-diffuser":
+        from mindsearch.data.brain_diffuser import open_brain_diffuser
+
+        return open_brain_diffuser(root, manifest)
     from mindsearch.data.plain import open_plain
 
     return open_plain(root, manifest=manifest, voxels=voxels)
 
 
 def detect_layout(root: Path) -> str:
-    from mindsearch.data import mindeye1, mindeye2, plain
+    from mindsearch.data import brain_diffuser, mindeye1, mindeye2, plain
 
-    for name, module in (("mindeye2", mindeye2), ("mindeye1", mindeye1), ("plain", plain)):
+    for name, module in (("mindeye2", mindeye2), ("mindeye1", mindeye1), ("plain", plain),
+                         ("brain-diffuser", brain_diffuser)):
         if module.detect(root):
             return name
     raise MindsearchError(
         "no dataset found: expected betas_all_subj0N_fp32_renorm.hdf5 + wds/ (MindEye2), "
-        "{train,val,test}/*_subj0N_*.tar (MindEye1) or trials.csv|parquet + voxels (plain)", root)
+        "{train,val,test}/*_subj0N_*.tar (MindEye1), trials.csv|parquet + voxels (plain) or "
+        "processed_data/subj0N/nsd_{train,test}_fmriavg_nsdgeneral_subN.npy (Brain-Diffuser)", root)

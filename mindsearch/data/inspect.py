@@ -32,6 +32,7 @@ def inspect_dataset(ds) -> dict:
         "path": str(ds.root),
         "layout": ds.layout,
         "simulated": bool(ds.manifest.get("simulated", False)),
+        "pre_averaged": bool(ds.manifest.get("pre_averaged", False)),  # one row per image (Brain-Diffuser)
         "fingerprint": ds.fingerprint(),
         "subjects": [s["subject"] for s in subjects],
         "trials": int(len(t)),
@@ -57,7 +58,8 @@ def _values(v: dict) -> dict:
 
 def format_report(r: dict) -> str:
     lines = [f"dataset   {r['path']}",
-             f"layout    {r['layout']}{' (simulated)' if r['simulated'] else ''}   fingerprint {r['fingerprint']}",
+             f"layout    {r['layout']}{' (simulated)' if r['simulated'] else ''}"
+             f"{' (pre-averaged: one row per image)' if r.get('pre_averaged') else ''}   fingerprint {r['fingerprint']}",
              f"trials    {r['trials']}   unique images {r['unique_images']}   test images {r['test_images']}",
              ""]
     head = ("subject", "voxels", "sessions", "trials", "train", "test", "images", "test img", "reps (n:images)",
