@@ -95,9 +95,8 @@ def recon(recons, truth, data, as_json, html_out, alexnet, inception, clip, clip
     PixCorr, SSIM, two-way identification (AlexNet(2), AlexNet(5), Inception, CLIP) over all
     pairs, EfficientNet-B1 and SwAV correlation distance. A network without weights is skipped
     with one line naming the weights it needs."""
-    import math
-
-    from mindsearch.eval.recon_metrics import LABELS, LOWER_IS_BETTER, METRICS, image_metrics, load_pairs
+    from mindsearch.eval.recon_metrics import (LABELS, LOWER_IS_BETTER, METRICS, format_value, image_metrics,
+                                               load_pairs)
 
     pairs = load_pairs(recons, truth, data=data)
     weights = dict(zip(_NETWORK_FLAGS, (alexnet, inception, clip, effnet, swav)))
@@ -116,12 +115,10 @@ def recon(recons, truth, data, as_json, html_out, alexnet, inception, clip, clip
         say(f"page written to {html_out}")
     summary = {k: v for k, v in scores.items() if k != "items"}
     summary["pairing"] = pairs.source
-    assert all(v is None or math.isfinite(v) for v in (summary[m] for m in METRICS))
     if as_json:
         emit_json(summary)
         return
-    rows = [[LABELS[m], "skipped" if scores[m] is None else
-             (f"{scores[m]:.3f}" if m in ("pixcorr", "ssim", "effnet", "swav") else pct(scores[m])),
+    rows = [[LABELS[m], "skipped" if scores[m] is None else format_value(m, scores[m]),
              "lower" if m in LOWER_IS_BETTER else "higher"] for m in METRICS]
     click.echo(table(rows, ["metric", "value", "better"]))
     click.echo(f"{scores['n']} pairs ({pairs.source['pairing']}); two-way identification over all pairs, "

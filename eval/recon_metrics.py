@@ -56,6 +56,7 @@ METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effn
 LOWER_IS_BETTER = frozenset({"effnet", "swav"})
 LABELS = {"pixcorr": "PixCorr", "ssim": "SSIM", "alexnet2": "AlexNet(2)", "alexnet5": "AlexNet(5)",
           "inception": "Inception", "clip": "CLIP", "effnet": "EffNet-B1", "swav": "SwAV"}
+TWO_WAY = frozenset({"alexnet2", "alexnet5", "inception", "clip"})  # shown as percentages
 EVAL_SIZE = 256  # step 0 of the protocol
 PIXEL_SIZE = 425  # PixCorr and SSIM
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -97,6 +98,13 @@ NETWORKS = (
                ("swav*",), unused=("fc.",), ignored=("projection_head.", "prototypes."), two_way=False),
 )
 NETWORK_NAMES = tuple(n.name for n in NETWORKS)
+
+
+def format_value(metric: str, value) -> str:
+    """How tables show a metric: two-way identification in percent, the others to 3 decimals."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if metric in TWO_WAY else f"{value:.3f}"
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -562,4 +570,4 @@ def load_pairs(recons, truth=None, *, data=None, size: int = EVAL_SIZE) -> Recon
 
 __all__ = ["image_metrics", "load_pairs", "ReconPairs", "two_way_identification", "correlation_distance",
            "read_state_dict", "load_network", "resolve_weights", "read_manifest", "read_image", "METRICS",
-           "LABELS", "LOWER_IS_BETTER", "NETWORKS"]
+           "LABELS", "LOWER_IS_BETTER", "NETWORKS", "format_value"]

@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from mindsearch.eval.recon_metrics import LABELS, LOWER_IS_BETTER, METRICS
+from mindsearch.eval.recon_metrics import LABELS, LOWER_IS_BETTER, METRICS, format_value as _fmt
 
 THUMB = 128
 MAX_ROWS = 60
@@ -39,12 +39,6 @@ def thumbnail_uri(image: np.ndarray, size: int = THUMB) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _fmt(metric: str, value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if metric in ("pixcorr", "ssim", "effnet", "swav") else f"{100 * value:.1f}%"
 
 
 def render_page(scores: dict, pairs, *, title: str = "Reconstructions", max_rows: int = MAX_ROWS) -> str:

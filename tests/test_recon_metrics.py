@@ -48,12 +48,16 @@ def test_two_way_by_hand():
     np.testing.assert_allclose(two_way_identification(reals, preds), [1, 0.5, 1])
 
 
-def test_two_way_matches_mindeye_code_identity_and_shuffle():
+def test_two_way_matches_mindeye_code_identity_and_shuffle(monkeypatch):
+    import mindsearch.eval.recon_metrics as rm
+
+    monkeypatch.setattr(rm, "CHUNK_VALUES", 4000)  # many column chunks, as 184,512-wide features get
     rng = np.random.default_rng(1)
     reals = rng.normal(size=(300, 50))
     preds = reals + rng.normal(size=(300, 50)) * 2
     r = np.corrcoef(reals, preds)[:300, 300:]  # MindEye's two_way_identification, verbatim
     want = np.mean(np.sum(r < np.diag(r), 0)) / 299
+    np.testing.assert_allclose(rm.correlate(rm.standardise(reals), rm.standardise(preds)), r, atol=1e-6)
     assert two_way_identification(reals, preds).mean() == pytest.approx(want, abs=1e-12)
     assert two_way_identification(reals, reals).mean() == 1.0
     shuffled = two_way_identification(reals, reals[rng.permutation(300)]).mean()
