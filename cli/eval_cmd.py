@@ -70,3 +70,60 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
                f"MindEye code labels: fwd {pct(scores['mindeye_fwd'])}, bwd {pct(scores['mindeye_bwd'])}")
     if scores.get("warning"):
         say(f"warning: {scores['warning']}")
+
+
+_NETWORK_FLAGS = ("alexnet", "inception", "clip", "effnet", "swav")  # = recon_metrics.NETWORK_NAMES
+
+
+@eval_group.command("recon")
+@click.option("--recons", required=True, type=click.Path(),
+              help="Folder of reconstructions (PNG/JPEG), or a reconstruct output folder with manifest.json.")
+@click.option("--truth", type=click.Path(), help="Folder of ground-truth images (same file stems, or ids "
+              "as file names with a manifest).")
+@click.option("--data", type=click.Path(), help="Dataset whose images are the ground truth (by image id).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (null for skipped metrics).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML page.")
+@click.option("--alexnet", type=click.Path(), help="AlexNet IMAGENET1K_V1 weights (.safetensors or torchvision .pth).")
+@click.option("--inception", type=click.Path(), help="InceptionV3 IMAGENET1K_V1 weights.")
+@click.option("--clip", type=click.Path(), help="CLIP weights (open_clip file or folder).")
+@click.option("--clip-model", default="ViT-L-14-quickgelu", show_default=True,
+              help="open_clip model name or model-config JSON for --clip.")
+@click.option("--effnet", type=click.Path(), help="EfficientNet-B1 IMAGENET1K_V2 weights.")
+@click.option("--swav", type=click.Path(), help="SwAV ResNet-50 weights (swav_800ep_pretrain.pth.tar).")
+@click.option("--weights-dir", type=click.Path(), help="Folder searched by file name for the networks not given.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def recon(recons, truth, data, as_json, html_out, alexnet, inception, clip, clip_model, effnet, swav,
+          weights_dir, device, batch_size):
+    """Image metrics of reconstructions as MindEye's final evaluation computes them:
+    PixCorr, SSIM, two-way identification (AlexNet(2), AlexNet(5), Inception, CLIP) over all
+    pairs, EfficientNet-B1 and SwAV correlation distance. A network without weights is skipped
+    with one line naming the weights it needs."""
+    from mindsearch.eval.recon_metrics import (LABELS, LOWER_IS_BETTER, METRICS, format_value, image_metrics,
+                                               load_pairs)
+
+    pairs = load_pairs(recons, truth, data=data)
+    weights = dict(zip(_NETWORK_FLAGS, (alexnet, inception, clip, effnet, swav)))
+    scores = image_metrics(pairs.recons, pairs.truth, weights=weights, weights_dir=weights_dir,
+                           device=device, batch_size=batch_size, clip_model=clip_model,
+                           per_item=html_out is not None, progress=say)
+    by_reason: dict[str, list[str]] = {}
+    for metric, why in scores["skipped"].items():
+        by_reason.setdefault(why, []).append(LABELS[metric])
+    for why, metrics in by_reason.items():  # one line per network
+        say(f"skipped {', '.join(metrics)}: {why}")
+    if html_out:
+        from mindsearch.eval.recon_page import write_page
+
+        write_page(html_out, scores, pairs, title=f"Reconstructions: {recons}")
+        say(f"page written to {html_out}")
+    summary = {k: v for k, v in scores.items() if k != "items"}
+    summary["pairing"] = pairs.source
+    if as_json:
+        emit_json(summary)
+        return
+    rows = [[LABELS[m], "skipped" if scores[m] is None else format_value(m, scores[m]),
+             "lower" if m in LOWER_IS_BETTER else "higher"] for m in METRICS]
+    click.echo(table(rows, ["metric", "value", "better"]))
+    click.echo(f"{scores['n']} pairs ({pairs.source['pairing']}); two-way identification over all pairs, "
+               "chance 50%")
