@@ -90,6 +90,7 @@ def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int
         x, zscore, sessions, rows, truth, source = _select(run, voxels=voxels, data=data, ds=ds, trials=trials,
                                                            subject=subject, limit=limit)
         subject = rows[0]["subject"] if rows else run.subject
+        run.check_voxels(x, subject, source)  # before any component loads
         pipe = ReconstructionPipeline.from_run(run, vd=vd, vae=vae, ranking=ranking, clip=clip, data=ds,
                                                index=index, root=root, images=images, settings=settings,
                                                device=device, progress=progress)
