@@ -25,6 +25,7 @@ COMMANDS = {
     "embed": ("mindsearch.cli.embed_cmd:embed", "Encode voxels with a trained run."),
     "index": ("mindsearch.cli.index_cmd:index", "Build and inspect image-embedding indexes."),
     "query": ("mindsearch.cli.query_cmd:query", "Search an index with brain data (or the reverse)."),
+    "reconstruct": ("mindsearch.cli.reconstruct_cmd:reconstruct", "Reconstruct seen images: blurry -> VD img2img -> best-of-N."),
 }
 
 
