@@ -29,3 +29,7 @@ def inspect_cmd(path, as_json, targets, voxels):
     with open_dataset(path, targets=targets, voxels=voxels) as ds:
         report = inspect_dataset(ds)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+from mindsearch.cli.export_cmd import export_trials  # noqa: E402  (owned by the service work)
+data.add_command(export_trials)

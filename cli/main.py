@@ -24,6 +24,8 @@ COMMANDS = {
     "embed": ("mindsearch.cli.embed_cmd:embed", "Encode voxels with a trained run."),
     "index": ("mindsearch.cli.index_cmd:index", "Build and inspect image-embedding indexes."),
     "query": ("mindsearch.cli.query_cmd:query", "Search an index with brain data (or the reverse)."),
+    "use": ("mindsearch.cli.use_cmd:use", "Show or set the default index root, index, run and dataset."),
+    "serve": ("mindsearch.cli.serve_cmd:serve", "Serve queries, thumbnails and a web page over HTTP."),
 }
 
 
@@ -68,9 +70,21 @@ def cli():
     """
 
 
+def defaults() -> dict:
+    """Saved defaults (``mindsearch use``) as click's default_map; flags and MINDSEARCH_* win."""
+    from mindsearch import config
+
+    try:
+        return config.default_map(config.load())
+    except InputError as exc:  # a broken config must not lock the user out of `mindsearch use`
+        click.echo(f"warning: {exc} (ignored)", err=True)
+        return {}
+
+
 def main(argv=None):
     try:
-        cli.main(args=argv, prog_name="mindsearch", standalone_mode=True)
+        cli.main(args=argv, prog_name="mindsearch", standalone_mode=True,
+                 default_map=defaults(), auto_envvar_prefix="MINDSEARCH")
     except InputError as exc:  # raised outside invoke (e.g. in a callback)
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

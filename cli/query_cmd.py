@@ -30,11 +30,45 @@ ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/i
 @click.option("--weights", default=None, help="With --image FILE: weights of that model.")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per hit.")
+@click.option("--data", type=click.Path(), default=None, help="With --trial: the dataset holding the trials.")
+@click.option("--trial", default=None, help="Query a dataset's trials directly: trial numbers, or test.")
+@click.option("--local", is_flag=True, help="Run in this process even when a `mindsearch serve` is running.")
 def query(voxels, embedding, image, store, run_dir, index_name, subject, session, no_zscore, k,
-          no_rerank, model, weights, root, as_json):
-    """Find the images nearest to brain samples (or, with --image --store, the reverse)."""
-    from mindsearch.engine import Engine
+          no_rerank, model, weights, root, as_json, data, trial, local):
+    """Find the images nearest to brain samples (or, with --image --store, the reverse).
+
+    Defaults come from `mindsearch use` (or `mindsearch demo`); while a `mindsearch serve`
+    is running, queries go through it.
+    """
     from mindsearch.errors import MindsearchError
+
+    trial_voxels = None
+    if trial is not None:  # the dataset's own trials: their subject and session come along
+        from mindsearch.cli.export_cmd import read_trials
+
+        if voxels or embedding:
+            raise MindsearchError("give --trial or --voxels/--embedding, not both")
+        rows, trial_voxels = read_trials(data, subject, trial)
+        rows = {c: rows[c].tolist() for c in rows.columns}
+    else:
+        from mindsearch.cli.export_cmd import read_sidecar
+
+        rows = read_sidecar(voxels) if voxels else None
+    if rows:
+        subject = rows["subject"][0] if subject is None else subject
+        session = (rows["session"] if len(set(rows["session"])) > 1 else rows["session"][0]) \
+            if session is None else session
+    if not (local or image) and click.get_current_context().get_parameter_source("root").name != "COMMANDLINE":
+        from mindsearch.service.client import query_service
+
+        hits = query_service(voxels=voxels, embedding=embedding, trial_voxels=trial_voxels, k=k,
+                             index=index_name, run=run_dir, subject=subject, session=session,
+                             zscore=not no_zscore, rerank=False if no_rerank else None)
+        if hits is not None:
+            _print(hits, as_json, ["rank", "id", "path", "score"],
+                   title=lambda i: f"query {i}: top {k} of index {hits[i][0]['index'] if hits[i] else '-'}")
+            return
+    from mindsearch.engine import Engine
 
     engine = Engine(root)
     if image:
@@ -45,20 +79,21 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
         _print(blocks, as_json, ["rank", "subject", "session", "trial", "image_id", "score"],
                title=lambda i: f"brain samples nearest to {image} (store {store})")
         return
-    if (voxels is None) == (embedding is None):
-        raise MindsearchError("give exactly one of --voxels, --embedding or --image")
+    if (voxels is None) + (embedding is None) + (trial_voxels is None) != 2:
+        raise MindsearchError("give exactly one of --voxels, --embedding, --trial or --image")
     index_name = index_name or _only_index(engine)
     rerank = False if no_rerank else None
-    if voxels:
+    if voxels or trial_voxels is not None:
         if not run_dir:
-            raise MindsearchError("--voxels needs --run RUN to encode them (or use --embedding)")
+            raise MindsearchError("--voxels needs --run RUN to encode them (or use --embedding); "
+                                  "save a default with `mindsearch use --run RUN`")
         from mindsearch.runs import open_run
         from mindsearch.voxels import load_voxels
 
         run = open_run(run_dir)
-        x = load_voxels(voxels)
+        x = load_voxels(voxels) if voxels else trial_voxels
         blocks = engine.query(index_name, x, run, k=k, subject=subject, session=session,
-                              zscore=not no_zscore, rerank=rerank, source=voxels)
+                              zscore=not no_zscore, rerank=rerank, source=voxels or f"{data}#trial/{trial}")
     else:
         from mindsearch.voxels import load_npy
 
@@ -75,7 +110,8 @@ def _only_index(engine) -> str:
     names = engine.list()
     if len(names) != 1:
         raise MindsearchError(f"choose an index with --index ({len(names)} under {engine.root}: "
-                              f"{', '.join(names) or 'none'})")
+                              f"{', '.join(names) or 'none'}; another root: --root DIR or MINDSEARCH_HOME, "
+                              "or save defaults with `mindsearch use`)")
     return names[0]
 
 
