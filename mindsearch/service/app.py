@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from mindsearch.errors import MindsearchError
+from mindsearch.errors import InputError
 from mindsearch.service.backend import Backend, Refused, parse_npy
 
 log = logging.getLogger("mindsearch.service")
@@ -123,8 +123,8 @@ def create_app(backend: Backend, token: str, *, max_body: int = MAX_BODY):
     async def refused(request, exc: Refused):
         return error(exc.status, exc.problem, exc.code)
 
-    @app.exception_handler(MindsearchError)
-    async def rejected(request, exc: MindsearchError):
+    @app.exception_handler(InputError)
+    async def rejected(request, exc: InputError):
         return error(422, exc.problem, "rejected")
 
     @app.exception_handler(RequestValidationError)
@@ -134,6 +134,9 @@ def create_app(backend: Backend, token: str, *, max_body: int = MAX_BODY):
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
+        if exc.status_code == 404:
+            return error(404, f"nothing at {request.url.path} (see /v1/indexes, /v1/runs, /v1/query, "
+                              "/v1/brain, /v1/trials, /images/INDEX/ID)", "not_found")
         return error(exc.status_code, str(exc.detail), "http")
 
     async def arguments(request: Request) -> tuple[dict, object]:

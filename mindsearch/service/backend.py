@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mindsearch.errors import MindsearchError
+from mindsearch.errors import InputError, MindsearchError
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_ROWS = 1024  # query rows per request
@@ -277,7 +277,7 @@ class Backend:
             return fn()
         except Refused:
             raise
-        except MindsearchError as exc:  # the engine's word on a bad query: wrong sizes, spaces, ...
+        except InputError as exc:  # the engine's word on a bad query: wrong sizes, spaces, ...
             raise Refused(exc.problem, 404 if exc.problem.startswith("no ") else 422, "rejected") from None
 
     # ---------------------------------------------------------------- brain retrieval
@@ -367,7 +367,7 @@ class Backend:
             if image_bytes is not None:
                 try:
                     data, _ = image_bytes(index, ident)
-                except MindsearchError as exc:
+                except InputError as exc:
                     raise Refused(exc.problem, 404, "unknown_id") from None
                 return Image.open(io.BytesIO(data)).convert("RGB")
             return self._picture_from_path(index, ident)
@@ -403,8 +403,8 @@ class Backend:
         for name in self.engine.list():
             try:
                 coll = self.engine.open(name)
-                self.engine.search(name, np.zeros((1, coll.dim), np.float32), k=1)
-            except MindsearchError:
+                self.engine.search(name, np.ones((1, coll.dim), np.float32), k=1)
+            except InputError:
                 continue
 
     def close(self) -> None:

@@ -93,7 +93,7 @@ async function search() {
     const hits = answer.hits[0] || [];
     const truth = answer.truth ? answer.truth[0] : null;
     render(index, hits, truth);
-    const kind = hits.length && hits[0].score_kind ? hits[0].score_kind : "cosine";
+    const kind = hits.length && hits[0].score_kind ? hits[0].score_kind : "kind not reported";
     const found = truth === null ? "" : (hits.some((h) => h.id === truth)
       ? ` · the true image ${truth} is at rank ${hits.find((h) => h.id === truth).rank}`
       : ` · the true image ${truth} is not in the top ${hits.length}`);
