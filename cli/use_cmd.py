@@ -15,7 +15,7 @@ from mindsearch.cli.common import emit_json
 @click.option("--index", "index_name", default=None, help="Default index (a name under the root).")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Default index root.")
 @click.option("--data", type=click.Path(), default=None, help="Default dataset (for --trial queries).")
-@click.option("--clear", is_flag=True, help="Forget every saved default first.")
+@click.option("--clear", is_flag=True, help="Forget every saved default first (also repairs a broken file).")
 @click.option("--json", "as_json", is_flag=True)
 def use(run_dir, index_name, root, data, clear, as_json):
     """Save defaults to $MINDSEARCH_HOME/config.toml (else ~/.mindsearch/config.toml).
@@ -49,7 +49,7 @@ def use(run_dir, index_name, root, data, clear, as_json):
                                   "(give its root with --root, or set MINDSEARCH_HOME)", index_root)
         values["index"] = index_name
     if values:
-        path = config.save(values)
+        path = config.save(values, fresh=clear)
         click.echo(f"saved to {path}", err=True)
     cfg = config.load(env=False)
     if as_json:

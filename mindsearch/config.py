@@ -62,14 +62,15 @@ def load(*, env: bool = True) -> dict:
     return cfg
 
 
-def save(values: dict, *, service: dict | None | bool = False) -> Path:
+def save(values: dict, *, service: dict | None | bool = False, fresh: bool = False) -> Path:
     """Merge ``values`` (None removes a key) into the file and write it atomically.
 
     ``service``: a dict replaces the [service] table, None removes it, False keeps it.
+    ``fresh``: start from nothing (also replaces a file that does not parse).
     """
     from mindsearch.io import atomic_path
 
-    cfg = load(env=False)
+    cfg = {} if fresh else load(env=False)
     for key, value in values.items():
         if key not in KEYS:
             raise ValueError(f"unknown config key {key!r}")

@@ -88,6 +88,24 @@ def test_service_and_cli_return_identical_hits(world, home, server, trials):
     same_hits([via_rows[i:i + 8] for i in range(0, 32, 8)], cli_blocks)
 
 
+def test_the_verbatim_command_answers_after_setup(world, tmp_path):
+    """A fresh user: `use` (what `demo` saves), export a trial, then the design card's command."""
+    home = tmp_path / "fresh-home"
+    res = mindsearch(home, "query", "--voxels", tmp_path / "trial.npy", "--k", 16, check=False)
+    assert res.returncode == 2 and "--root" in res.stderr and "MINDSEARCH_HOME" in res.stderr
+    mindsearch(home, "use", "--root", world["indexes"], "--index", INDEX, "--run", world["run"],
+               "--data", world["data"])
+    mindsearch(home, "data", "export-trials", "--trials", "test", "--limit", 1, "--out", tmp_path / "trial.npy")
+    res = mindsearch(home, "query", "--voxels", tmp_path / "trial.npy", "--k", 16)
+    lines = res.stdout.splitlines()
+    rows = lines[lines.index(next(line for line in lines if line.startswith("----"))) + 1:]
+    assert [int(r.split()[0]) for r in rows] == list(range(1, 17))  # 16 hits, ranked
+    # --data/--trial queries the same trial straight from the dataset (its session comes along).
+    trial = int((tmp_path / "trial.trials.csv").read_text().split()[1].split(",")[2])
+    by_trial = mindsearch(home, "query", "--trial", trial, "--k", 16).stdout
+    assert by_trial == res.stdout
+
+
 def test_token_is_required(server):
     assert call(server, "/healthz", token=None)[0] == 200
     for route in ("/v1/indexes", "/v1/runs", "/metrics", f"/images/{INDEX}/1"):
