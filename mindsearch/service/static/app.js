@@ -151,7 +151,7 @@ async function brain(body, params, label) {
     for (const r of rows) {
       const tr = document.createElement("tr");
       if (params && params.id !== undefined && r.image_id === params.id) tr.className = "match";
-      for (const v of [r.rank, r.subject, r.session, r.trial, r.image_id, r.score.toFixed(4)]) {
+      for (const v of [r.rank, r.subject, r.session < 0 ? "-" : r.session, r.trial, r.image_id, r.score.toFixed(4)]) {
         const td = document.createElement("td");
         td.textContent = v;
         tr.appendChild(td);
