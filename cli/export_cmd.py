@@ -93,3 +93,27 @@ def read_sidecar(npy) -> dict | None:
         return {c: [int(r[c]) for r in records] for c in ("subject", "session", "trial", "image_id")}
     except (KeyError, ValueError, TypeError) as exc:
         raise MindsearchError(f"not a trial table written by export-trials ({exc})", path) from None
+
+
+def trial_inputs(voxels, embedding, data, trial, subject, session):
+    """``query``'s view of its input: (the dataset trials' voxels or None, subject, session).
+
+    ``--trial`` reads a dataset's trials; ``--voxels T.npy`` reads ``T.trials.csv`` when the export
+    wrote one. Subject and session come from either, unless given; the session is one number, or
+    one per row when the rows come from different sessions.
+    """
+    from mindsearch.errors import MindsearchError
+
+    trial_voxels = None
+    if trial is not None:
+        if voxels or embedding:
+            raise MindsearchError("give --trial or --voxels/--embedding, not both")
+        rows, trial_voxels = read_trials(data, subject, trial)
+        rows = {c: rows[c].tolist() for c in rows.columns}
+    else:
+        rows = read_sidecar(voxels) if voxels else None
+    if rows:
+        subject = rows["subject"][0] if subject is None else subject
+        if session is None:
+            session = rows["session"] if len(set(rows["session"])) > 1 else rows["session"][0]
+    return trial_voxels, subject, session

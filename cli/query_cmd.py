@@ -42,22 +42,10 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
     """
     from mindsearch.errors import MindsearchError
 
-    trial_voxels = None
-    if trial is not None:  # the dataset's own trials: their subject and session come along
-        from mindsearch.cli.export_cmd import read_trials
+    from mindsearch.cli.export_cmd import trial_inputs
 
-        if voxels or embedding:
-            raise MindsearchError("give --trial or --voxels/--embedding, not both")
-        rows, trial_voxels = read_trials(data, subject, trial)
-        rows = {c: rows[c].tolist() for c in rows.columns}
-    else:
-        from mindsearch.cli.export_cmd import read_sidecar
-
-        rows = read_sidecar(voxels) if voxels else None
-    if rows:
-        subject = rows["subject"][0] if subject is None else subject
-        session = (rows["session"] if len(set(rows["session"])) > 1 else rows["session"][0]) \
-            if session is None else session
+    # --trial reads the dataset; an exported .npy brings its trial table: subject and session come along
+    trial_voxels, subject, session = trial_inputs(voxels, embedding, data, trial, subject, session)
     if not (local or image) and click.get_current_context().get_parameter_source("root").name != "COMMANDLINE":
         from mindsearch.service.client import query_service
 
