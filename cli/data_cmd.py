@@ -116,3 +116,8 @@ def format_preparation(s: dict, out: str) -> str:
         f"summary   {out}/prepare_nsd_subj{p['subject']:02d}.json   ({s['seconds']:.1f} s)",
     ]
     return "\n".join(lines)
+
+
+from mindsearch.cli.export_cmd import export_trials  # noqa: E402
+
+data.add_command(export_trials)

@@ -85,6 +85,14 @@ def demo(out, seed, skip_encoder):
     click.echo("")
     click.echo(f"everything is in {out}/ (dataset: data/, runs: runs/, summary: {MARKER}); "
                f"{summary['seconds']:.0f}s, peak memory {summary['peak_rss_mib']:.0f} MiB")
+    if search:  # so that a bare `mindsearch query --voxels trial.npy` searches what the demo built
+        from mindsearch import config
+
+        best = max(results, key=lambda n: results[n]["brain_to_image_top1"])
+        path = config.save({"root": (out / "indexes").resolve(), "index": "sim-images",
+                            "run": (out / "runs" / best).resolve(), "data": Path(data).resolve()})
+        click.echo(f"defaults saved to {path} (index sim-images, run {best}); try: mindsearch data "
+                   f"export-trials --trials test --limit 1 --out trial.npy && mindsearch query --voxels trial.npy --k 16")
 
 
 def _train_encoder(data, out, seed):

@@ -26,6 +26,8 @@ COMMANDS = {
     "index": ("mindsearch.cli.index_cmd:index", "Build and inspect image-embedding indexes."),
     "query": ("mindsearch.cli.query_cmd:query", "Search an index with brain data (or the reverse)."),
     "reconstruct": ("mindsearch.cli.reconstruct_cmd:reconstruct", "Reconstruct seen images: blurry -> VD img2img -> best-of-N."),
+    "use": ("mindsearch.cli.use_cmd:use", "Show or set the default index root, index, run and dataset."),
+    "serve": ("mindsearch.cli.serve_cmd:serve", "Serve queries, thumbnails and a web page over HTTP."),
 }
 
 
@@ -116,8 +118,20 @@ def cli():
     """
 
 
+def defaults() -> dict:
+    """Saved defaults (``mindsearch use``) as click's default_map; flags and MINDSEARCH_* win."""
+    from mindsearch import config
+
+    try:
+        return config.default_map(config.load())
+    except InputError as exc:  # a broken config must not lock the user out of `mindsearch use`
+        click.echo(f"warning: {exc} (ignored)", err=True)
+        return {}
+
+
 def main(argv=None):
-    cli.main(args=argv, prog_name="mindsearch")
+    # The group's main turns every failure into one line; defaults come from `mindsearch use`.
+    cli.main(args=argv, prog_name="mindsearch", default_map=defaults(), auto_envvar_prefix="MINDSEARCH")
 
 
 if __name__ == "__main__":

@@ -39,15 +39,36 @@ ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/i
               help="Output: a table per query (default), JSON lines, CSV, or Parquet (needs --out).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the hits to this file instead of stdout (required for --format parquet).")
+@click.option("--data", type=click.Path(), default=None, help="With --trial: the dataset holding the trials.")
+@click.option("--trial", default=None, help="Query a dataset's trials directly: trial numbers, or test.")
+@click.option("--local", is_flag=True, help="Run in this process even when a `mindsearch serve` is running.")
 def query(voxels, embedding, image, store, run_dir, index_name, subject, session, no_zscore, k,
-          no_rerank, shortlist, model, weights, root, as_json, fmt, out):
-    """Find the images nearest to brain samples (or, with --image --store, the reverse)."""
-    from mindsearch.engine import Engine
+          no_rerank, shortlist, model, weights, root, as_json, fmt, out, data, trial, local):
+    """Find the images nearest to brain samples (or, with --image --store, the reverse).
+
+    Defaults come from `mindsearch use` (or `mindsearch demo`); while a `mindsearch serve`
+    is running, queries go through it.
+    """
+    from mindsearch.cli.export_cmd import trial_inputs
     from mindsearch.errors import MindsearchError
 
     fmt = _format(fmt, as_json, out)
     if k < 1:
         raise MindsearchError(f"--k must be at least 1, got {k}")
+    # --trial reads the dataset; an exported .npy brings its trial table: subject and session come along
+    trial_voxels, subject, session = trial_inputs(voxels, embedding, data, trial, subject, session)
+    if not (local or image) and click.get_current_context().get_parameter_source("root").name != "COMMANDLINE":
+        from mindsearch.service.client import query_service
+
+        hits = query_service(voxels=voxels, embedding=embedding, trial_voxels=trial_voxels, k=k,
+                             index=index_name, run=run_dir, subject=subject, session=session,
+                             zscore=not no_zscore, rerank=False if no_rerank else None, shortlist=shortlist)
+        if hits is not None:
+            _print(hits, fmt, out, ["rank", "id", "path", "score", "score_kind"],
+                   title=lambda i: f"query {i}: top {k} of index {hits[i][0]['index'] if hits[i] else '-'}")
+            return
+    from mindsearch.engine import Engine
+
     engine = Engine(root)
     if image:
         if not store:
@@ -57,20 +78,22 @@ def query(voxels, embedding, image, store, run_dir, index_name, subject, session
         _print(blocks, fmt, out, ["rank", "subject", "session", "trial", "image_id", "score", "score_kind"],
                title=lambda i: f"brain samples nearest to {image} (store {store})")
         return
-    if (voxels is None) == (embedding is None):
-        raise MindsearchError("give exactly one of --voxels, --embedding or --image")
+    if (voxels is None) + (embedding is None) + (trial_voxels is None) != 2:
+        raise MindsearchError("give exactly one of --voxels, --embedding, --trial or --image")
     index_name = _only_index(engine) if index_name is None else index_name
     rerank = False if no_rerank else None
-    if voxels:
+    if voxels or trial_voxels is not None:
         if not run_dir:
-            raise MindsearchError("--voxels needs --run RUN to encode them (or use --embedding)")
+            raise MindsearchError("--voxels needs --run RUN to encode them (or use --embedding); "
+                                  "save a default with `mindsearch use --run RUN`")
         from mindsearch.runs import open_run
         from mindsearch.voxels import load_voxels
 
         run = open_run(run_dir)
-        x = load_voxels(voxels)
+        x = load_voxels(voxels) if voxels else trial_voxels
         blocks = engine.query(index_name, x, run, k=k, subject=subject, session=session,
-                              zscore=not no_zscore, rerank=rerank, source=voxels, shortlist=shortlist)
+                              zscore=not no_zscore, rerank=rerank, source=voxels or f"{data}#trial/{trial}",
+                              shortlist=shortlist)
     else:
         from mindsearch.voxels import load_npy
 
@@ -87,7 +110,8 @@ def _only_index(engine) -> str:
     names = engine.list()
     if len(names) != 1:
         raise MindsearchError(f"choose an index with --index ({len(names)} under {engine.root}: "
-                              f"{', '.join(names) or 'none'})")
+                              f"{', '.join(names) or 'none'}; another root: --root DIR or MINDSEARCH_HOME, "
+                              "or save defaults with `mindsearch use`)")
     return names[0]
 
 

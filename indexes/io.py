@@ -114,7 +114,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if target.is_file():  # complete on disk before the rename, even after a power cut
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
-            os.chmod(target, 0o644)
         crash_point(f"rename:{path.name}")
         if path.is_dir() and not path.is_symlink():
             old = path.with_name(f".{path.name}.old")

@@ -94,9 +94,9 @@ class StimImages:
     """``nsd_{split}_stim_subN.npy`` rows (H, W, 3) in 0-255, served as (3, H, W) in [0, 1]."""
 
     def __init__(self, paths: list[Path], rows_of: dict[int, tuple[int, int]], root: Path):
-        from mindsearch.data.arrays import _load_npy
+        from mindsearch.data.arrays import read_npy
 
-        self._arrs = [_load_npy(p) for p in paths]
+        self._arrs = [read_npy(p) for p in paths]
         for p, a in zip(paths, self._arrs):
             if a.ndim != 4 or a.shape[3] != 3:
                 raise MindsearchError(f"stimuli must be (images, H, W, 3), got {a.shape}", p)
