@@ -70,3 +70,31 @@ def edit_json(path: Path, fn) -> None:
     obj = json.loads(Path(path).read_text())
     new = fn(obj)
     Path(path).write_text(json.dumps(obj if new is None else new))
+
+
+# A simulated world small enough to build in a few seconds (20 voxels, 2x8 targets).
+TINY_WORLD = ["--set", "n_shared=20", "--set", "n_unique=40", "--set", "tokens=2", "--set", "dim=8",
+              "--set", "image_size=16"]
+
+
+def build_world(base: Path, mindeye: bool = False) -> Path:
+    """``base/sim`` (simulated dataset), ``base/ridge`` (ridge run) and optionally
+    ``base/mindeye`` (an untrained tiny MindEye run with the ridge run's z-scores)."""
+    import shutil
+
+    for args in (["simulate", base / "sim", *TINY_WORLD, "--set", "n_voxels=20"],
+                 ["train", "--model", "ridge", "--data", base / "sim", "--subject", "1", "--alpha", "10",
+                  "--out", base / "ridge"]):
+        try:
+            cli.main(args=[str(a) for a in args], prog_name="mindsearch")
+        except SystemExit as exc:
+            assert exc.code in (0, None), args
+    if mindeye:
+        from mindsearch.models.factory import create_model
+
+        config = json.loads((base / "ridge" / "config.json").read_text())
+        model = create_model("tiny", {1: config["n_voxels"]}, tokens=2, dim=8)
+        (base / "mindeye").mkdir()
+        model.save_pretrained(base / "mindeye", extra_config=dict(config, model="mindeye", train={}))
+        shutil.copy(base / "ridge" / "zscore.safetensors", base / "mindeye" / "zscore.safetensors")
+    return base

@@ -9,38 +9,16 @@ import shutil
 
 import numpy as np
 import pytest
-from faults_kit import assert_one_error, edit_json, run_cli, snapshot
+from faults_kit import TINY_WORLD, assert_one_error, build_world, edit_json, run_cli, snapshot
 from safetensors.numpy import load_file, save_file
 
 from mindsearch.errors import MindsearchError
 from mindsearch.runs import open_run
 
-TINY = ["--set", "n_shared=20", "--set", "n_unique=40", "--set", "tokens=2",
-        "--set", "dim=8", "--set", "image_size=16"]
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny simulated dataset, a ridge run on it and an (untrained) MindEye run beside it."""
-    from mindsearch.cli.main import cli
-
-    base = tmp_path_factory.mktemp("runs")
-
-    for args in (["simulate", base / "sim", *TINY, "--set", "n_voxels=20"],
-                 ["train", "--model", "ridge", "--data", base / "sim", "--subject", "1", "--alpha", "10",
-                  "--out", base / "ridge"]):
-        try:
-            cli.main(args=[str(a) for a in args], prog_name="mindsearch")
-        except SystemExit as exc:
-            assert exc.code in (0, None)
-    from mindsearch.models.factory import create_model
-
-    config = json.loads((base / "ridge" / "config.json").read_text())
-    model = create_model("tiny", {1: config["n_voxels"]}, tokens=2, dim=8)
-    (base / "mindeye").mkdir()
-    model.save_pretrained(base / "mindeye", extra_config=dict(config, model="mindeye", train={}))
-    shutil.copy(base / "ridge" / "zscore.safetensors", base / "mindeye" / "zscore.safetensors")
-    return base
+    return build_world(tmp_path_factory.mktemp("runs"), mindeye=True)
 
 
 def config(r):
@@ -194,7 +172,7 @@ def test_bad_run_is_one_error_naming_the_file(world, tmp_path, capsys, name, whi
 
 def test_run_on_other_data_is_refused(world, tmp_path, capsys):
     """eval --run on a dataset with another voxel count names that dataset's voxel file."""
-    code, _, err = run_cli(["simulate", tmp_path / "other", *TINY, "--set", "n_voxels=21"], capsys)
+    code, _, err = run_cli(["simulate", tmp_path / "other", *TINY_WORLD, "--set", "n_voxels=21"], capsys)
     assert code == 0, err
     code, _, err = run_cli(["eval", "retrieval", "--run", world / "ridge", "--data", tmp_path / "other"], capsys)
     assert_one_error(code, err, tmp_path / "other" / "betas_all_subj01_fp32_renorm.hdf5")
