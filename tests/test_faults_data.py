@@ -261,7 +261,7 @@ def test_fuzz_npy_voxels_and_tables(tmp_path):
     rng = np.random.default_rng(1234)
     root = plain(tmp_path / "ds")
     originals = {p: p.read_bytes() for p in (vox_npy(root), table(root), root / "targets" / "sim_ids.npy")}
-    for _ in range(60):
+    for _ in range(40):
         victim = list(originals)[rng.integers(len(originals))]
         victim.write_bytes(_mutate(originals[victim], rng))
         _open_ok_or_error(root)
