@@ -34,6 +34,7 @@ def world(tmp_path_factory):
     np.save(base / "nan.npy", nan)
     (base / "huge.npy").write_bytes(npy_with_header((10**12, 16)))
     np.save(base / "short.npy", emb[:10])
+    np.save(base / "other_dim.npy", emb[:, :, :4])
     (base / "a_file").write_text("keep me\n")
     return base
 
@@ -76,7 +77,8 @@ CASES = [
     ("zero_rows_file", ev_files("no_rows.npy"), "{w}/no_rows.npy"),
     ("nan_embedding", ev_files("nan.npy"), "{w}/nan.npy"),
     ("huge_header_embedding", ev_files("huge.npy"), "{w}/huge.npy"),
-    ("row_count_mismatch", ev_files("short.npy"), "rows"),
+    ("row_count_mismatch", ev_files("short.npy"), "{w}/short.npy"),
+    ("dimension_mismatch", ev_files("brain.npy", "other_dim.npy"), "{w}/brain.npy"),
     ("set_duplicates_flag", tr("--set", "epochs=3", "--epochs", "1"), "use --epochs"),
     ("set_duplicates_flag_alone", tr("--set", "batch_size=8"), "use --batch-size"),
     ("set_seed_duplicates_flag", tr("--set", "seed=3"), "use --seed"),

@@ -121,8 +121,9 @@ def scan_values(read_block: Callable[[int, int], np.ndarray], n_rows: int, n_col
     lo_v, hi_v, total, total_sq, count = np.inf, -np.inf, 0.0, 0.0, 0
     for lo in range(0, n_rows, rows):
         block = np.asarray(read_block(lo, min(lo + rows, n_rows)))
-        wide = block.astype(np.float64, copy=False).ravel()
-        s = wide.sum()
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are reported below
+            wide = block.astype(np.float64, copy=False).ravel()
+            s = wide.sum()
         if not np.isfinite(s):
             bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
             if bad.size:
