@@ -99,73 +99,80 @@ def swap_weights(src):
     return damage
 
 
-# (name, which run, damage(run) -> blamed file)
+# (name, which run, damage(run) -> blamed file, what the message must say)
 CASES = [
-    ("subject_list", "ridge", cfg(setitem("subject", [1]))),
-    ("subject_string", "ridge", cfg(setitem("subject", "1"))),
-    ("subject_bool", "ridge", cfg(setitem("subject", True))),
-    ("subject_zero", "ridge", cfg(setitem("subject", 0))),
-    ("space_string", "ridge", cfg(setitem("space", "sim"))),
-    ("space_tokens_string", "ridge", cfg(set_in("space", "tokens", "two"))),
-    ("target_shape_vs_space", "ridge", cfg(setitem("target_shape", [7, 7]))),
-    ("target_shape_scalar", "ridge", cfg(setitem("target_shape", 16))),
+    ("subject_list", "ridge", cfg(setitem("subject", [1])), 'subject must be an integer'),
+    ("subject_string", "ridge", cfg(setitem("subject", "1")), 'subject must be an integer'),
+    ("subject_bool", "ridge", cfg(setitem("subject", True)), 'subject must be an integer'),
+    ("subject_zero", "ridge", cfg(setitem("subject", 0)), 'subject must be an integer >= 1'),
+    ("space_string", "ridge", cfg(setitem("space", "sim")), 'space must be null or an object'),
+    ("space_tokens_string", "ridge", cfg(set_in("space", "tokens", "two")), 'space.tokens must be'),
+    ("target_shape_vs_space", "ridge", cfg(setitem("target_shape", [7, 7])), 'disagrees with the space'),
+    ("target_shape_scalar", "ridge", cfg(setitem("target_shape", 16)), 'target_shape must be a list'),
     ("target_shape_vs_weights", "ridge", lambda r: (edit_json(config(r), lambda c: c.update(
-        target_shape=[3, 3], space=dict(c["space"], tokens=3, dim=3))), weights(r))[1]),
-    ("top_level_list", "ridge", cfg(lambda c: [])),
-    ("top_level_string", "ridge", cfg(lambda c: "run")),
-    ("config_not_json", "ridge", raw(config, b"{'format': 1")),
-    ("config_empty", "ridge", raw(config, b"")),
-    ("config_binary", "ridge", raw(config, bytes(range(256)))),
-    ("config_missing", "ridge", raw(config, None)),
-    ("config_deep_nesting", "ridge", raw(config, b"[" * 100000 + b"]" * 100000)),
-    ("format_wrong", "ridge", cfg(setitem("format", "mindsearch-run/9"))),
-    ("model_unknown", "ridge", cfg(setitem("model", "resnet"))),
-    ("model_list", "ridge", cfg(setitem("model", ["ridge"]))),
-    ("n_voxels_string", "ridge", cfg(setitem("n_voxels", "20"))),
-    ("n_voxels_vs_subjects", "ridge", cfg(setitem("n_voxels", 19))),
-    ("subjects_bad_keys", "ridge", cfg(setitem("subjects", {"one": 20}))),
-    ("train_not_object", "ridge", cfg(setitem("train", "fast"))),
-    ("data_path_number", "ridge", cfg(set_in("data", "path", 5))),
-    ("subject_missing", "ridge", cfg(delitem("subject"))),
-    ("n_voxels_missing", "ridge", cfg(delitem("n_voxels"))),
-    ("ridge_without_target_shape", "ridge", cfg(delitem("target_shape"))),
-    ("mindeye_weights_under_ridge", "ridge", swap_weights("mindeye")),
-    ("ridge_config_says_mindeye", "ridge", cfg(setitem("model", "mindeye"))),
-    ("prior_sample_steps_many", "mindeye", cfg(set_in("train", "prior_sample_steps", "many"))),
-    ("prior_sample_steps_zero", "mindeye", cfg(set_in("train", "prior_sample_steps", 0))),
-    ("mindeye_block_missing_tokens", "mindeye", cfg(delitem("tokens", "mindeye"))),
-    ("mindeye_block_voxels_mismatch", "mindeye", cfg(lambda c: c["mindeye"].__setitem__("n_voxels", {"1": 7}))),
-    ("mindeye_under_ridge_label", "mindeye", lambda r: (edit_json(config(r), setitem("model", "ridge")), weights(r))[1]),
-    ("weights_missing", "ridge", raw(weights, None, blame=lambda r: r)),
-    ("weights_garbage", "ridge", raw(weights, bytes(range(256)) * 4)),
-    ("weights_truncated", "ridge", raw(weights, lambda b: b[: len(b) // 2])),
-    ("weights_huge_header_length", "ridge", raw(weights, (10**15).to_bytes(8, "little") + b"{}")),
-    ("coef_missing", "ridge", tensors(weights, lambda t: t.pop("coef"))),
-    ("coef_vs_n_voxels", "ridge", tensors(weights, reshape_first("coef", 19))),
-    ("coef_nan", "ridge", tensors(weights, poke("coef", np.nan))),
-    ("intercept_inf", "ridge", tensors(weights, poke("intercept", np.inf))),
-    ("mindeye_weights_nan", "mindeye", tensors(weights, lambda t: poke(sorted(t)[0], np.nan)(t))),
+        target_shape=[3, 3], space=dict(c["space"], tokens=3, dim=3))), weights(r))[1], 'coef has shape'),
+    ("top_level_list", "ridge", cfg(lambda c: []), 'must be a JSON object, got list'),
+    ("top_level_string", "ridge", cfg(lambda c: "run"), 'must be a JSON object, got str'),
+    ("config_not_json", "ridge", raw(config, b"{'format': 1"), 'not valid JSON'),
+    ("config_empty", "ridge", raw(config, b""), 'not valid JSON'),
+    ("config_binary", "ridge", raw(config, bytes(range(256))), 'not valid JSON'),
+    ("config_missing", "ridge", raw(config, None), 'file not found'),
+    ("config_deep_nesting", "ridge", raw(config, b"[" * 100000 + b"]" * 100000), 'RecursionError'),
+    ("format_wrong", "ridge", cfg(setitem("format", "mindsearch-run/9")), 'not a mindsearch run'),
+    ("model_unknown", "ridge", cfg(setitem("model", "resnet")), "unknown model type 'resnet'"),
+    ("model_list", "ridge", cfg(setitem("model", ["ridge"])), 'unknown model type'),
+    ("n_voxels_string", "ridge", cfg(setitem("n_voxels", "20")), 'n_voxels must be an integer'),
+    ("n_voxels_vs_subjects", "ridge", cfg(setitem("n_voxels", 19)), 'but n_voxels is 19'),
+    ("subjects_bad_keys", "ridge", cfg(setitem("subjects", {"one": 20})), 'subjects must be'),
+    ("train_not_object", "ridge", cfg(setitem("train", "fast")), 'train must be'),
+    ("data_path_number", "ridge", cfg(set_in("data", "path", 5)), 'data.path must be'),
+    ("subject_missing", "ridge", cfg(delitem("subject")), 'subject is missing'),
+    ("n_voxels_missing", "ridge", cfg(delitem("n_voxels")), 'n_voxels is missing'),
+    ("ridge_without_target_shape", "ridge", cfg(delitem("target_shape")), 'target_shape is missing'),
+    ("mindeye_weights_under_ridge", "ridge", swap_weights("mindeye"), "no 'coef' or 'intercept' tensor"),
+    ("ridge_config_says_mindeye", "ridge", cfg(setitem("model", "mindeye")), "mindeye (the model's architecture)"),
+    ("prior_sample_steps_many", "mindeye", cfg(set_in("train", "prior_sample_steps", "many")),
+     'prior_sample_steps must be'),
+    ("prior_sample_steps_zero", "mindeye", cfg(set_in("train", "prior_sample_steps", 0)),
+     'prior_sample_steps must be'),
+    ("mindeye_block_missing_tokens", "mindeye", cfg(delitem("tokens", "mindeye")), 'mindeye.tokens is missing'),
+    ("mindeye_block_voxels_mismatch", "mindeye", cfg(lambda c: c["mindeye"].__setitem__("n_voxels", {"1": 7})),
+     'mindeye.n_voxels has 7'),
+    ("mindeye_under_ridge_label", "mindeye", lambda r: (edit_json(config(r), setitem("model", "ridge")), weights(r))[1],
+     "no 'coef' or 'intercept' tensor"),
+    ("weights_missing", "ridge", raw(weights, None, blame=lambda r: r), 'no model.safetensors'),
+    ("weights_garbage", "ridge", raw(weights, bytes(range(256)) * 4), 'not a readable safetensors'),
+    ("weights_truncated", "ridge", raw(weights, lambda b: b[: len(b) // 2]), 'not a readable safetensors'),
+    ("weights_huge_header_length", "ridge", raw(weights, (10**15).to_bytes(8, "little") + b"{}"),
+     'not a readable safetensors'),
+    ("coef_missing", "ridge", tensors(weights, lambda t: t.pop("coef")), "no 'coef' tensor"),
+    ("coef_vs_n_voxels", "ridge", tensors(weights, reshape_first("coef", 19)), 'coef has shape (16, 19)'),
+    ("coef_nan", "ridge", tensors(weights, poke("coef", np.nan)), "tensor 'coef' holds 1 NaN"),
+    ("intercept_inf", "ridge", tensors(weights, poke("intercept", np.inf)), "tensor 'intercept' holds 1 NaN/Inf"),
+    ("mindeye_weights_nan", "mindeye", tensors(weights, lambda t: poke(sorted(t)[0], np.nan)(t)), 'holds 1 NaN/Inf'),
     ("mindeye_weights_wrong_shape", "mindeye",
-     tensors(weights, lambda t: t.__setitem__(sorted(k for k in t if k.endswith("weight"))[0], np.ones((3, 3), "f4")))),
-    ("zscore_mean_shape", "ridge", tensors(zscore, reshape_first("mean", 5))),
-    ("zscore_global_mean_shape", "ridge", tensors(zscore, reshape_first("global_mean", 5))),
-    ("zscore_std_zero", "ridge", tensors(zscore, scale("std", 0.0))),
-    ("zscore_global_std_nan", "ridge", tensors(zscore, poke("global_std", np.nan))),
-    ("zscore_missing_key", "ridge", tensors(zscore, lambda t: t.pop("sessions"))),
-    ("zscore_garbage", "ridge", raw(zscore, b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")),
-    ("zscore_nan_weights_blame_zscore", "mindeye", tensors(zscore, poke("mean", np.nan))),
+     tensors(weights, lambda t: t.__setitem__(sorted(k for k in t if k.endswith("weight"))[0], np.ones((3, 3), "f4"))),
+     'weights do not match the config'),
+    ("zscore_mean_shape", "ridge", tensors(zscore, reshape_first("mean", 5)), 'mean has shape (1, 5)'),
+    ("zscore_global_mean_shape", "ridge", tensors(zscore, reshape_first("global_mean", 5)), 'global_mean has shape (5,)'),
+    ("zscore_std_zero", "ridge", tensors(zscore, scale("std", 0.0)), 'std has 20 value(s) <= 0'),
+    ("zscore_global_std_nan", "ridge", tensors(zscore, poke("global_std", np.nan)), 'global_std holds non-finite'),
+    ("zscore_missing_key", "ridge", tensors(zscore, lambda t: t.pop("sessions")), 'lacks sessions'),
+    ("zscore_garbage", "ridge", raw(zscore, b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"), 'not a readable safetensors'),
+    ("zscore_nan_weights_blame_zscore", "mindeye", tensors(zscore, poke("mean", np.nan)), 'mean holds non-finite'),
 ]
 
 
-@pytest.mark.parametrize("name,which,damage", CASES, ids=[c[0] for c in CASES])
-def test_bad_run_is_one_error_naming_the_file(world, tmp_path, capsys, name, which, damage):
+@pytest.mark.parametrize("name,which,damage,says", CASES, ids=[c[0] for c in CASES])
+def test_bad_run_is_one_error_naming_the_file(world, tmp_path, capsys, name, which, damage, says):
     for other in ("ridge", "mindeye"):
         shutil.copytree(world / other, tmp_path / other)
     run = tmp_path / which
     blamed = damage(run)
     before = snapshot(run)
     code, out, err = run_cli(["eval", "retrieval", "--run", run, "--data", world / "sim", "--loops", "2"], capsys)
-    assert_one_error(code, err, blamed if blamed == run else f"{blamed}:")
+    line = assert_one_error(code, err, blamed if blamed == run else f"{blamed}:")
+    assert says in line
     assert out == ""
     assert snapshot(run) == before
 
