@@ -26,13 +26,15 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 
 
 def assert_one_error(code: int, err: str, blamed) -> str:
-    """Exit 2, exactly one stderr line ``error: ...`` naming ``blamed`` (a path or a word)."""
+    """Exit 2, exactly one stderr line ``error: ...``, the last one, naming ``blamed`` (a path or a
+    word); progress lines before it are allowed, a traceback or click's multi-line usage is not."""
     lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
     assert code == 2, (code, err)
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert str(blamed) in lines[0], (str(blamed), lines[0])
-    return lines[0]
+    assert "Traceback" not in err and "Usage:" not in err, err
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert str(blamed) in errors[0], (str(blamed), errors[0])
+    return errors[0]
 
 
 def snapshot(root: Path, skip=(".mindsearch_cache",)) -> dict:
