@@ -277,3 +277,15 @@ def test_fuzz_tar_shards(tmp_path):
         tar.write_bytes(_mutate(original, rng))
         _open_ok_or_error(root)
     tar.write_bytes(original)
+
+
+def test_damaged_mindeye1_cache_is_rebuilt(tmp_path, capsys):
+    """The voxel cache streamed from MindEye1 shards is ours, not the user's: damaged, it is rebuilt."""
+    root = me1(tmp_path / "ds")
+    with open_dataset(root) as ds:
+        expected = ds.voxels(1, np.arange(6))
+    cache = next((root / ".mindsearch_cache").glob("mindeye1_subj01_*.npy"))
+    for damaged in (cache.read_bytes()[:200], npy_with_header((10**9, 9))):
+        cache.write_bytes(damaged)
+        with open_dataset(root) as ds:
+            np.testing.assert_array_equal(ds.voxels(1, np.arange(6)), expected)
