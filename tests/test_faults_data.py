@@ -174,6 +174,8 @@ CASES = [
     ("target_ids_pickle", plain,
      lambda r: put(r / "targets" / "sim_ids.npy", npy_bytes(np.array(list(range(40)), dtype=object), True)), INSPECT),
     ("space_record_list", plain, lambda r: put(r / "targets" / "sim.json", b"[1, 2]"), INSPECT),
+    ("space_record_tokens_wrong", plain, lambda r: put(r / "targets" / "sim.json", b'{"tokens": "two", "dim": 6}'),
+     INSPECT),
     # MindEye2 layout
     ("betas_truncated", me2, lambda r: put(r / BETAS, (r / BETAS).read_bytes()[:1500]), INSPECT),
     ("betas_garbage", me2, lambda r: put(r / BETAS, b"not hdf5 at all" * 50), INSPECT),

@@ -358,7 +358,7 @@ class H5Images:
 class Targets:
     """Target embeddings (n, tokens, dim) with the image id of each row."""
 
-    def __init__(self, path: Path, ids, space: dict | None, name: str):
+    def __init__(self, path: Path, ids, space: dict | None, name: str, space_path: Path | None = None):
         self.path = Path(path)
         self.name = name
         arr = read_npy(self.path)
@@ -390,8 +390,9 @@ class Targets:
         self.space.setdefault("name", name)
         for key, want in (("tokens", self.shape[0]), ("dim", self.shape[1])):
             got = self.space.setdefault(key, want)
-            if got != want:
-                raise MindsearchError(f"space record says {key}={got} but the targets have {want}", self.path)
+            if got != want:  # blame the record when there is one: the array is what it is
+                raise MindsearchError(f"space record says {key}={got!r:.40} but {self.path.name} has {want}",
+                                      space_path or self.path)
 
     def has(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted.size == 0:
