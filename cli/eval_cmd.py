@@ -46,6 +46,10 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
         from mindsearch.voxels import check_directions, load_npy
 
         arrays = [check_directions(load_npy(p, what="embedding array", min_ndim=2), p) for p in (brain, images)]
+        (b, i), sizes = arrays, [a[0].size for a in arrays]
+        if len(b) != len(i) or sizes[0] != sizes[1]:  # name the files, not just the arrays
+            raise MindsearchError(f"has {len(b)} rows of {sizes[0]} values but {images} has {len(i)} of {sizes[1]}: "
+                                  "row i of each must be the same test item, in the same space", brain)
         scores = retrieval_scores(*arrays, pool=pool, loops=loops, seed=seed)
         scores.update(brain=str(brain), images=str(images))
     else:

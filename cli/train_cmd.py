@@ -29,7 +29,8 @@ from mindsearch.models.factory import list_presets
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Override the preset's batch size.")
 @click.option("--average", type=click.Choice(["betas", "none"]), default=None,
               help="Ridge: fit on averaged repetitions (default) or single trials.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None, help="Ridge: fixed alpha (default: chosen on validation).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Ridge: fixed alpha (default: chosen on validation).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")

@@ -93,7 +93,7 @@ def check_config(config, path: Path, model_types) -> None:
     if config.get("format") != RUN_FORMAT:
         raise MindsearchError(f"not a mindsearch run (format {config.get('format')!r}, "
                               f"expected {RUN_FORMAT!r})", path)
-    if config.get("model") not in model_types:
+    if not isinstance(config.get("model"), str) or config["model"] not in model_types:
         raise MindsearchError(f"unknown model type {config.get('model')!r:.60} "
                               f"(known: {', '.join(sorted(model_types))})", path)
     _check_fields(config, TOP, "", path)

@@ -29,13 +29,12 @@ def load_npy(path: str | Path, *, what: str = "array", min_ndim: int = 1, mmap: 
 
 def check_directions(x: np.ndarray, path: str | Path) -> np.ndarray:
     """Embeddings are compared by cosine: a row of zeros has no direction and is refused."""
-    flat = np.asarray(x).reshape(len(x), -1)
-    zero = ~flat.any(axis=1)
+    if len(x) == 0:
+        raise MindsearchError(f"no rows (shape {tuple(np.shape(x))})", path)
+    zero = ~np.asarray(x).reshape(len(x), -1).any(axis=1)
     if zero.any():
         raise MindsearchError(f"{int(zero.sum())} row(s) are all zeros (first: row {int(np.flatnonzero(zero)[0])}); "
                               "an embedding without a direction cannot be ranked", path)
-    if len(flat) == 0:
-        raise MindsearchError("no rows", path)
     return x
 
 

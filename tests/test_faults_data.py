@@ -174,6 +174,8 @@ CASES = [
     ("target_ids_pickle", plain,
      lambda r: put(r / "targets" / "sim_ids.npy", npy_bytes(np.array(list(range(40)), dtype=object), True)), INSPECT),
     ("space_record_list", plain, lambda r: put(r / "targets" / "sim.json", b"[1, 2]"), INSPECT),
+    ("space_record_tokens_wrong", plain, lambda r: put(r / "targets" / "sim.json", b'{"tokens": "two", "dim": 6}'),
+     INSPECT),
     # MindEye2 layout
     ("betas_truncated", me2, lambda r: put(r / BETAS, (r / BETAS).read_bytes()[:1500]), INSPECT),
     ("betas_garbage", me2, lambda r: put(r / BETAS, b"not hdf5 at all" * 50), INSPECT),
@@ -261,7 +263,7 @@ def test_fuzz_npy_voxels_and_tables(tmp_path):
     rng = np.random.default_rng(1234)
     root = plain(tmp_path / "ds")
     originals = {p: p.read_bytes() for p in (vox_npy(root), table(root), root / "targets" / "sim_ids.npy")}
-    for _ in range(60):
+    for _ in range(40):
         victim = list(originals)[rng.integers(len(originals))]
         victim.write_bytes(_mutate(originals[victim], rng))
         _open_ok_or_error(root)
@@ -277,3 +279,15 @@ def test_fuzz_tar_shards(tmp_path):
         tar.write_bytes(_mutate(original, rng))
         _open_ok_or_error(root)
     tar.write_bytes(original)
+
+
+def test_damaged_mindeye1_cache_is_rebuilt(tmp_path, capsys):
+    """The voxel cache streamed from MindEye1 shards is ours, not the user's: damaged, it is rebuilt."""
+    root = me1(tmp_path / "ds")
+    with open_dataset(root) as ds:
+        expected = ds.voxels(1, np.arange(6))
+    cache = next((root / ".mindsearch_cache").glob("mindeye1_subj01_*.npy"))
+    for damaged in (cache.read_bytes()[:200], npy_with_header((10**9, 9))):
+        cache.write_bytes(damaged)
+        with open_dataset(root) as ds:
+            np.testing.assert_array_equal(ds.voxels(1, np.arange(6)), expected)

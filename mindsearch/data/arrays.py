@@ -121,8 +121,9 @@ def scan_values(read_block: Callable[[int, int], np.ndarray], n_rows: int, n_col
     lo_v, hi_v, total, total_sq, count = np.inf, -np.inf, 0.0, 0.0, 0
     for lo in range(0, n_rows, rows):
         block = np.asarray(read_block(lo, min(lo + rows, n_rows)))
-        wide = block.astype(np.float64, copy=False).ravel()
-        s = wide.sum()
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are reported below
+            wide = block.astype(np.float64, copy=False).ravel()
+            s = wide.sum()
         if not np.isfinite(s):
             bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
             if bad.size:
@@ -357,7 +358,7 @@ class H5Images:
 class Targets:
     """Target embeddings (n, tokens, dim) with the image id of each row."""
 
-    def __init__(self, path: Path, ids, space: dict | None, name: str):
+    def __init__(self, path: Path, ids, space: dict | None, name: str, space_path: Path | None = None):
         self.path = Path(path)
         self.name = name
         arr = read_npy(self.path)
@@ -389,8 +390,9 @@ class Targets:
         self.space.setdefault("name", name)
         for key, want in (("tokens", self.shape[0]), ("dim", self.shape[1])):
             got = self.space.setdefault(key, want)
-            if got != want:
-                raise MindsearchError(f"space record says {key}={got} but the targets have {want}", self.path)
+            if got != want:  # blame the record when there is one: the array is what it is
+                raise MindsearchError(f"space record says {key}={got!r:.40} but {self.path.name} has {want}",
+                                      space_path or self.path)
 
     def has(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted.size == 0:

@@ -162,9 +162,9 @@ def _load_or_build(subject: int, shard_list, root: Path, cache: Path) -> tuple[d
     if npy.is_file() and meta.is_file():
         try:
             index = json.loads(meta.read_text())
-            if index.get("format") == CACHE_VERSION:
+            if index.get("format") == CACHE_VERSION and _cache_intact(npy, index):
                 return index, npy
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, AttributeError, TypeError):
             pass  # rebuild a damaged cache
     for stale in cache.glob(f"mindeye1_subj{subject:02d}_*"):
         if stale.stem != npy.stem:
@@ -174,6 +174,18 @@ def _load_or_build(subject: int, shard_list, root: Path, cache: Path) -> tuple[d
     index = _build(subject, shard_list, root, npy)
     write_json(meta, index)  # written last: its presence marks a complete cache
     return index, npy
+
+
+def _cache_intact(npy: Path, index: dict) -> bool:
+    """The cached matrix holds every row its index promises (a damaged cache is rebuilt, not blamed)."""
+    from mindsearch.data.arrays import check_npy_header
+
+    try:
+        with open(npy, "rb") as f:
+            shape, dtype = check_npy_header(f, npy.stat().st_size, npy)
+    except MindsearchError:
+        return False
+    return shape == (len(index["image_id"]) * REPS, index["n_voxels"]) and dtype == np.float32
 
 
 class TarImages:

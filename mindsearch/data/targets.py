@@ -34,7 +34,7 @@ def load(npy: Path, ids=None) -> Targets:
     space = read_json(record) if record.is_file() else None
     if space is not None and not isinstance(space, dict):
         raise MindsearchError("space record must be a JSON object", record)
-    return Targets(npy, ids, space, name=npy.stem)
+    return Targets(npy, ids, space, name=npy.stem, space_path=record if space is not None else None)
 
 
 def attach(ds, targets=None, ids=None) -> None:
