@@ -300,8 +300,8 @@ def _error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("case", ["space", "missing-session", "mask-shape", "design", "float-betas", "not-empty",
-                                  "no-stimuli"])
+@pytest.mark.parametrize("case", ["space", "missing-session", "mask-shape", "design", "not-a-mat", "float-betas",
+                                  "not-empty", "no-stimuli"])
 def test_errors_are_one_line(tmp_path, case):
     root, out = tmp_path / "nsd", tmp_path / "out"
     nsd_tree(root, sessions=2)
@@ -318,6 +318,9 @@ def test_errors_are_one_line(tmp_path, case):
     elif case == "design":
         write_design(root, masterordering=np.arange(1, 1001)[None])
         want = "not NSD's experiment design: masterordering has 1000 entries"
+    elif case == "not-a-mat":
+        (root / "nsddata/experiments/nsd/nsd_expdesign.mat").write_text("masterordering = 1:30000")
+        want = "not NSD's experiment design: not a readable .mat file"
     elif case == "float-betas":
         path = root / f"nsddata_betas/ppdata/subj01/func1pt8mm/{BETAS}/betas_session01.hdf5"
         with h5py.File(path, "w") as f:

@@ -155,7 +155,12 @@ def need_nibabel():
 # -- the design --------------------------------------------------------------------------
 def load_nsd_design(path: Path) -> dict:
     """``nsd_expdesign.mat`` with NSD's shapes checked; 0-based ids (see nsd_design)."""
-    d = nsd_design.load_expdesign(path)
+    try:
+        d = nsd_design.load_expdesign(path)
+    except MindsearchError:
+        raise
+    except Exception as exc:  # scipy's MatReadError and friends: not a MATLAB file at all
+        raise MindsearchError(f"not NSD's experiment design: not a readable .mat file ({_short(exc)})", path) from None
     master, subjectim, shared = d["masterordering"], d["subjectim"], d["sharedix"]
     problems = []
     if master.shape != (30000,):
@@ -391,8 +396,9 @@ def prepare_nsd(nsd_root, subject: int, out, *, space: str = "func1pt8mm",
     for s in session_list:  # every input checked before any work
         p = files.session(s)
         if not p.is_file():
+            fewer = f"--sessions 1-{s - 1}" if s > 2 else "--sessions 1"
             raise MindsearchError(f"betas of session {s} not found (download it, or prepare fewer sessions: "
-                                  f"--sessions 1-{s - 1})" if s > 1 else f"betas of session {s} not found", p)
+                                  f"{fewer})" if s > 1 else f"betas of session {s} not found", p)
     if images is not None and not files.stimuli.is_file():
         raise MindsearchError("stimuli not found (download them, or pass --images none)", files.stimuli)
     if out.exists() and not out.is_dir():
