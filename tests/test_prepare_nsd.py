@@ -234,6 +234,12 @@ def test_interrupted_preparation_resumes_per_session(tmp_path, monkeypatch):
     again = []
     nsd_prepare.prepare_nsd(root, 1, out, sessions="1-3", images=None, log=again.append)
     assert any("already prepared" in m for m in again)
+    # changed betas are noticed: the preparation is redone, and its checksum changes
+    write_session(root, 1, 2, session_volume(2, seed=7))  # same size, new values
+    redone = []
+    changed = nsd_prepare.prepare_nsd(root, 1, out, sessions="1-3", images=None, log=redone.append)
+    assert not any("already prepared" in m for m in redone)
+    assert changed["outputs"]["betas"]["values_sha256"] != resumed["outputs"]["betas"]["values_sha256"]
 
 
 def test_images_and_a_second_subject_share_the_directory(tmp_path):

@@ -426,7 +426,8 @@ def prepare_nsd(nsd_root, subject: int, out, *, space: str = "func1pt8mm",
               "images": images}
     if not force and summary_path.is_file():
         old = read_json(summary_path)
-        if isinstance(old, dict) and old.get("parameters") == params and _outputs_intact(out, old):
+        if isinstance(old, dict) and old.get("parameters") == params and _still_current(out, old, files,
+                                                                                        session_list):
             say(f"subject {subject} is already prepared with these settings ({summary_path.name}); --force redoes it")
             return old
 
@@ -602,7 +603,8 @@ def _sessions(files: NsdFiles, session_list, mask, mask_sha: str, work: Path, sa
             finally:
                 reader.close()
             record = {"session": s, "file": str(path.relative_to(files.root)), "format": fmt,
-                      "size": path.stat().st_size, "sha256": sha256_file(path), "trials": TRIALS_PER_SESSION,
+                      "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+                      "sha256": sha256_file(path), "trials": TRIALS_PER_SESSION,
                       "values_sha256": h.hexdigest(), "seconds": round(time.perf_counter() - t, 2)}
             write_json(meta, {"key": key, "record": record})  # written last: marks the session finished
             records.append(record)
@@ -717,12 +719,18 @@ def _write_images(out: Path, stimuli: Path, ids: np.ndarray, size: int, say, bar
     return {"file": name, "shape": [shape[0], 3, size, size], "written": int(written.sum()), "added": int(len(todo))}
 
 
-def _outputs_intact(out: Path, summary: dict) -> bool:
-    o = summary.get("outputs", {})
-    files = [o.get("betas", {}).get("file")]
-    if o.get("images"):
-        files.append(o["images"].get("file"))
-    return all(f and (out / Path(f).name).is_file() for f in files)
+def _still_current(out: Path, summary: dict, files: NsdFiles, session_list) -> bool:
+    """A finished preparation is reused only if its outputs exist and its inputs look unchanged
+    (the sessions' sizes and mtimes; the design's and mask's sha256 -- small files)."""
+    o, i = summary.get("outputs", {}), summary.get("inputs", {})
+    wanted = [o.get("betas", {}).get("file")] + ([o["images"].get("file")] if o.get("images") else [])
+    if not all(f and (out / Path(f).name).is_file() for f in wanted):
+        return False
+    stamps = [(r.get("size"), r.get("mtime_ns")) for r in summary.get("sessions", [])]
+    if stamps != [tuple(_stamp(files.session(s)).values()) for s in session_list]:
+        return False
+    return (i.get("design", {}).get("sha256") == sha256_file(files.design)
+            and i.get("mask", {}).get("sha256") == sha256_file(files.mask))
 
 
 def _write_manifest(out: Path, manifest: dict, subject: int, n_voxels: int, summary_name: str) -> None:
