@@ -306,8 +306,8 @@ def _error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("case", ["space", "missing-session", "mask-shape", "design", "not-a-mat", "float-betas",
-                                  "not-empty", "no-stimuli"])
+@pytest.mark.parametrize("case", ["space", "missing-session", "mask-shape", "design", "not-a-mat", "protocol",
+                                  "float-betas", "not-empty", "no-stimuli"])
 def test_errors_are_one_line(tmp_path, case):
     root, out = tmp_path / "nsd", tmp_path / "out"
     nsd_tree(root, sessions=2)
@@ -324,6 +324,11 @@ def test_errors_are_one_line(tmp_path, case):
     elif case == "design":
         write_design(root, masterordering=np.arange(1, 1001)[None])
         want = "not NSD's experiment design: masterordering has 1000 entries"
+    elif case == "protocol":  # NSD's shapes, but not NSD's trial order: 37 sessions give other counts
+        for s in range(3, 38):
+            write_session(root, 1, s, session_volume(1))
+        args[3] = "1-37"
+        want = "not NSD's experiment design: 37 sessions give"
     elif case == "not-a-mat":
         (root / "nsddata/experiments/nsd/nsd_expdesign.mat").write_text("masterordering = 1:30000")
         want = "not NSD's experiment design: not a readable .mat file"

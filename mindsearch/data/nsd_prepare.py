@@ -51,9 +51,12 @@ N_SHARED = 1000
 BLOCK_TRIALS = 50  # trials read per block: 50 x 0.7 M voxels x int16 = 70 MB at 1.8 mm
 # nsdgeneral voxels at 1.8 mm per subject (ANCHORS 1.1): what a correct preparation prints.
 NSDGENERAL_1PT8MM = {1: 15724, 2: 14278, 3: 15226, 4: 13153, 5: 13039, 6: 17907, 7: 12682, 8: 14386}
-# The test split under the two protocols (ANCHORS 1.2), computed from NSD's design.
+# The test split (images, trials) by sessions prepared: the two protocols and the full sets of the
+# subjects who stopped early (trials: ANCHORS 1.2; images for 32/30 sessions: NSD's design).
 PROTOCOLS = {40: ("40-session (MindEye2, new_test)", 1000, 3000),
-             37: ("37-session (MindEye1, Brain-Diffuser, test)", 982, 2770)}
+             37: ("37-session (MindEye1, Brain-Diffuser, test)", 982, 2770),
+             32: ("32 sessions (all of subjects 3, 6)", 930, 2371),
+             30: ("30 sessions (all of subjects 4, 8)", 907, 2188)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 WORK_VERSION = 1
 # What a preparation writes into OUT (an interrupted first preparation leaves some of these).
@@ -527,11 +530,11 @@ def _counts(d, session_list: list[int], design_path: Path) -> dict:
         raise MindsearchError(f"the design gives {d.n_trials} trials for {n} sessions, NSD has "
                               f"{n * TRIALS_PER_SESSION}", design_path)
     if n in PROTOCOLS:
-        name, images, trials = PROTOCOLS[n]
+        _, images, trials = PROTOCOLS[n]
         if (counts["test_images"], counts["test_trials"]) != (images, trials):
             raise MindsearchError(f"not NSD's experiment design: {n} sessions give {counts['test_images']} test "
-                                  f"images / {counts['test_trials']} test trials, NSD's {name} protocol has "
-                                  f"{images} / {trials}", design_path)
+                                  f"images / {counts['test_trials']} test trials, NSD's have {images} / {trials}",
+                                  design_path)
     return counts
 
 
