@@ -420,7 +420,7 @@ def prepare_nsd(nsd_root, subject: int, out, *, space: str = "func1pt8mm",
     formats = {s: _check_session(files.session(s), mask, s) for s in session_list}
     say(f"subject {subject}: {roi} in {space}: {n_voxels} voxels"
         + (f" (NSD: {expected_vox}{'' if expected_vox == n_voxels else ' -- differs!'})" if expected_vox else ""))
-    say(f"sessions 1-{session_list[-1]} ({counts['protocol']}): {counts['trials']} trials; "
+    say(f"sessions 1-{session_list[-1]}, {counts['protocol']}: {counts['trials']} trials; "
         f"test {counts['test_trials']} trials / {counts['test_images']} images")
     responses = read_responses(files.responses) if files.responses.is_file() else None
 
