@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_prepare_nsd                      # hdf5 and nii.gz, 2 sessions each
     python -m benchmarks.bench_prepare_nsd --formats hdf5 --sessions 3 --out bench_prepare_nsd.json
+    python -m benchmarks.bench_prepare_nsd --formats hdf5 --sessions 1 --images 224   # + the images step
 
 Writes, in NSD's naming, subject 1's real 1.8 mm geometry: a (81, 104, 83) (X, Y, Z) nsdgeneral-like
 mask of 15,724 voxels and session betas of 750 trials, int16 x 300 -- ``betas_session01.hdf5``
@@ -76,6 +77,25 @@ def write_session(root: Path, fmt: str, n_sessions: int) -> Path:
     return first
 
 
+def write_stimuli(root: Path, design: Path, n_sessions: int) -> int:
+    """nsd_stimuli.hdf5's imgBrick (73000, 425, 425, 3) uint8, chunked per image, with random
+    pictures in the rows subject 1's first sessions show (the others take no space)."""
+    import h5py
+
+    from mindsearch.data.nsd_design import real_design
+    from mindsearch.data.nsd_prepare import NsdFiles
+
+    ids = np.unique(real_design([1], design, sessions=n_sessions).subjects[1].image_ids)
+    path = NsdFiles(root, 1, "func1pt8mm", BETAS, "nsdgeneral").stimuli
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("imgBrick", (73000, 425, 425, 3), dtype="u1", chunks=(1, 425, 425, 3))
+        for i in ids:
+            ds[int(i)] = rng.integers(0, 256, size=(425, 425, 3), dtype=np.uint8)
+    return len(ids)
+
+
 def run_child(code: str) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB, exit status) of ``python -c code``.
 
@@ -98,6 +118,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="hdf5,nii.gz")
     ap.add_argument("--sessions", type=int, default=2)
+    ap.add_argument("--images", type=int, default=0,
+                    help="Also time the images step at this size (224: MindEye2's) on the hdf5 run.")
     ap.add_argument("--workdir", default=None, help="Scratch folder (default: a temp dir, removed after).")
     ap.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = ap.parse_args(argv)
@@ -121,8 +143,10 @@ def main(argv=None) -> dict:
             first = write_session(root, fmt, args.sessions)
             written = time.perf_counter() - t
             out = work / f"out-{fmt}"
+            size = args.images if (args.images and fmt == "hdf5") else None
+            n_images = write_stimuli(root, design, args.sessions) if size else 0
             code = ("from mindsearch.data.nsd_prepare import prepare_nsd; "
-                    f"prepare_nsd({str(root)!r}, 1, {str(out)!r}, sessions='1-{args.sessions}', images=None, "
+                    f"prepare_nsd({str(root)!r}, 1, {str(out)!r}, sessions='1-{args.sessions}', images={size}, "
                     "bar=False)")
             wall, rss, rc = run_child(code)
             if rc != 0:
@@ -138,6 +162,8 @@ def main(argv=None) -> dict:
                 "peak_rss_mib": round(rss, 1),
                 "voxels": summary["counts"]["voxels"],
             }
+            if size:
+                results["formats"][fmt].update(images=n_images, image_size=size)
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
     finally:
@@ -149,7 +175,8 @@ def main(argv=None) -> dict:
     for fmt, r in results["formats"].items():
         per = "/".join(f"{x:.1f}" for x in r["masking_s_per_session"])
         print(f"{fmt:8} {r['session_file_mib']:9.1f} {r['prepare_wall_s']:7.1f} {per:>16} "
-              f"{r['assembly_and_checksums_s']:7.1f} {r['peak_rss_mib']:9.1f}")
+              f"{r['assembly_and_checksums_s']:7.1f} {r['peak_rss_mib']:9.1f}"
+              + (f"   (rest includes {r['images']} images at {r['image_size']} px)" if "images" in r else ""))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return results

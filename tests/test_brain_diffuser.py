@@ -51,6 +51,16 @@ def brain_diffuser_order(design: Path, sub: int):
     return list(sig_train), list(sig_test)
 
 
+def tiny_vit(folder: Path) -> Path:
+    """A tiny random open_clip config (the image-encoder tests' TINY), as a model-config JSON."""
+    pytest.importorskip("open_clip")
+    from test_image_encoders import TINY
+
+    cfg = folder / "mindsearch-test-data-vit.json"
+    cfg.write_text(json.dumps(TINY))
+    return cfg
+
+
 @pytest.fixture
 def no_design(monkeypatch):
     monkeypatch.setenv("MINDSEARCH_NSD_EXPDESIGN", "/nonexistent/nsd_expdesign.mat")
@@ -118,12 +128,7 @@ def test_layout_roots_and_missing_halves(tmp_path, no_design):
 
 
 def test_data_targets_embeds_the_stimuli(tmp_path, no_design):
-    pytest.importorskip("open_clip")
-    tiny = {"embed_dim": 16,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
-    cfg = tmp_path / "mindsearch-test-targets-vit.json"
-    cfg.write_text(json.dumps(tiny))
+    cfg = tiny_vit(tmp_path)
     root = tmp_path / "bd"
     write_bd(root, 1, 12, 4)
     shutil.rmtree(root / "targets")

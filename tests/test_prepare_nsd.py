@@ -234,6 +234,12 @@ def test_interrupted_preparation_resumes_per_session(tmp_path, monkeypatch):
     again = []
     nsd_prepare.prepare_nsd(root, 1, out, sessions="1-3", images=None, log=again.append)
     assert any("already prepared" in m for m in again)
+    # changed betas are noticed: the preparation is redone, and its checksum changes
+    write_session(root, 1, 2, session_volume(2, seed=7))  # same size, new values
+    redone = []
+    changed = nsd_prepare.prepare_nsd(root, 1, out, sessions="1-3", images=None, log=redone.append)
+    assert not any("already prepared" in m for m in redone)
+    assert changed["outputs"]["betas"]["values_sha256"] != resumed["outputs"]["betas"]["values_sha256"]
 
 
 def test_images_and_a_second_subject_share_the_directory(tmp_path):
@@ -300,8 +306,8 @@ def _error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("case", ["space", "missing-session", "mask-shape", "design", "float-betas", "not-empty",
-                                  "no-stimuli"])
+@pytest.mark.parametrize("case", ["space", "missing-session", "mask-shape", "design", "not-a-mat", "protocol",
+                                  "float-betas", "not-empty", "no-stimuli"])
 def test_errors_are_one_line(tmp_path, case):
     root, out = tmp_path / "nsd", tmp_path / "out"
     nsd_tree(root, sessions=2)
@@ -318,6 +324,14 @@ def test_errors_are_one_line(tmp_path, case):
     elif case == "design":
         write_design(root, masterordering=np.arange(1, 1001)[None])
         want = "not NSD's experiment design: masterordering has 1000 entries"
+    elif case == "protocol":  # NSD's shapes, but not NSD's trial order: 37 sessions give other counts
+        for s in range(3, 38):
+            write_session(root, 1, s, session_volume(1))
+        args[3] = "1-37"
+        want = "not NSD's experiment design: 37 sessions give"
+    elif case == "not-a-mat":
+        (root / "nsddata/experiments/nsd/nsd_expdesign.mat").write_text("masterordering = 1:30000")
+        want = "not NSD's experiment design: not a readable .mat file"
     elif case == "float-betas":
         path = root / f"nsddata_betas/ppdata/subj01/func1pt8mm/{BETAS}/betas_session01.hdf5"
         with h5py.File(path, "w") as f:
@@ -333,3 +347,44 @@ def test_errors_are_one_line(tmp_path, case):
     line = _error(prepare(root, out, *args, ok=False))
     assert want in line, line
     assert not (out / "betas_all_subj01_fp32_renorm.hdf5").exists() and not (out / "wds").exists()
+
+
+# -- from NSD's files to a trained, evaluated run ----------------------------------------
+def test_prepare_targets_train_eval(tmp_path):
+    """prepare-nsd -> data targets -> train ridge -> eval retrieval, on betas that carry the
+    targets (voxels = a linear read-out of each trial's image embedding, plus noise)."""
+    from test_brain_diffuser import tiny_vit
+
+    from mindsearch.data.nsd_design import load_expdesign
+
+    cfg = tiny_vit(tmp_path)
+    root, out = tmp_path / "nsd", tmp_path / "out"
+    tree = nsd_tree(root, sessions=3, stimuli=True)
+    prepare(root, out, "--subject", "1", "--sessions", "1-3", "--images", "16")
+    result = CliRunner().invoke(cli, ["data", "targets", str(out), "--name", "tiny", "--model", str(cfg),
+                                      "--weights", "random:2"])
+    assert result.exit_code == 0, result.output
+    emb = np.load(out / "targets/tiny.npy").astype(np.float32)[:, 0]
+    lookup = dict(zip(np.load(out / "targets/tiny_ids.npy").tolist(), emb))
+    d = load_expdesign(tree["design"])
+    shown = d["subjectim"][0, d["masterordering"][:3 * 750]]
+    rng = np.random.default_rng(11)
+    inside = tree["mask"] > 0
+    read_out = rng.normal(size=(16, int(inside.sum())))
+    for s in (1, 2, 3):
+        feats = np.stack([(lookup[int(i)] - emb.mean(0)) / emb.std(0) for i in shown[(s - 1) * 750:s * 750]])
+        vol = np.zeros((*SHAPE, 750), np.int16)
+        vol[inside] = np.clip(300 * (feats @ read_out + 0.5 * rng.normal(size=(750, inside.sum()))), -32000,
+                              32000).astype(np.int16).T
+        write_session(root, 1, s, vol)
+    prepare(root, out, "--subject", "1", "--sessions", "1-3", "--images", "16", "--force")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--model", "ridge", "--data", str(out), "--subject", "1",
+                                      "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["eval", "retrieval", "--run", str(run), "--json", "--pool", "50",
+                                      "--loops", "5"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    n_test = len(np.unique(shown[d["masterordering"][:2250] < 1000]))
+    assert scores["n"] == n_test and scores["brain_to_image_top1"] > 0.3  # chance: 1/50

@@ -124,11 +124,12 @@ class StimImages:
 def image_ids(subject: int, n_train: int, n_test: int, path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     """Brain-Diffuser's row order from NSD's design (or row numbers without it)."""
     from mindsearch.data import nsd_design
+    from mindsearch.data.nsd_prepare import load_nsd_design
 
     design = _find_design(path)
     if design is None:
         return np.arange(n_train), np.arange(n_train, n_train + n_test), "row"
-    d = nsd_design.load_expdesign(design)
+    d = load_nsd_design(design)
     sd = nsd_design.design_from_arrays(d["masterordering"], d["subjectim"], 1000, [subject],
                                        sessions=SESSIONS).subjects[subject]
 

@@ -51,9 +51,12 @@ N_SHARED = 1000
 BLOCK_TRIALS = 50  # trials read per block: 50 x 0.7 M voxels x int16 = 70 MB at 1.8 mm
 # nsdgeneral voxels at 1.8 mm per subject (ANCHORS 1.1): what a correct preparation prints.
 NSDGENERAL_1PT8MM = {1: 15724, 2: 14278, 3: 15226, 4: 13153, 5: 13039, 6: 17907, 7: 12682, 8: 14386}
-# The test split under the two protocols (ANCHORS 1.2), computed from NSD's design.
+# The test split (images, trials) by sessions prepared: the two protocols and the full sets of the
+# subjects who stopped early (trials: ANCHORS 1.2; images for 32/30 sessions: NSD's design).
 PROTOCOLS = {40: ("40-session (MindEye2, new_test)", 1000, 3000),
-             37: ("37-session (MindEye1, Brain-Diffuser, test)", 982, 2770)}
+             37: ("37-session (MindEye1, Brain-Diffuser, test)", 982, 2770),
+             32: ("32 sessions (all of subjects 3, 6)", 930, 2371),
+             30: ("30 sessions (all of subjects 4, 8)", 907, 2188)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 WORK_VERSION = 1
 # What a preparation writes into OUT (an interrupted first preparation leaves some of these).
@@ -155,7 +158,12 @@ def need_nibabel():
 # -- the design --------------------------------------------------------------------------
 def load_nsd_design(path: Path) -> dict:
     """``nsd_expdesign.mat`` with NSD's shapes checked; 0-based ids (see nsd_design)."""
-    d = nsd_design.load_expdesign(path)
+    try:
+        d = nsd_design.load_expdesign(path)
+    except MindsearchError:
+        raise
+    except Exception as exc:  # scipy's MatReadError and friends: not a MATLAB file at all
+        raise MindsearchError(f"not NSD's experiment design: not a readable .mat file ({_short(exc)})", path) from None
     master, subjectim, shared = d["masterordering"], d["subjectim"], d["sharedix"]
     problems = []
     if master.shape != (30000,):
@@ -391,8 +399,9 @@ def prepare_nsd(nsd_root, subject: int, out, *, space: str = "func1pt8mm",
     for s in session_list:  # every input checked before any work
         p = files.session(s)
         if not p.is_file():
+            fewer = f"--sessions 1-{s - 1}" if s > 2 else "--sessions 1"
             raise MindsearchError(f"betas of session {s} not found (download it, or prepare fewer sessions: "
-                                  f"--sessions 1-{s - 1})" if s > 1 else f"betas of session {s} not found", p)
+                                  f"{fewer})" if s > 1 else f"betas of session {s} not found", p)
     if images is not None and not files.stimuli.is_file():
         raise MindsearchError("stimuli not found (download them, or pass --images none)", files.stimuli)
     if out.exists() and not out.is_dir():
@@ -411,7 +420,7 @@ def prepare_nsd(nsd_root, subject: int, out, *, space: str = "func1pt8mm",
     formats = {s: _check_session(files.session(s), mask, s) for s in session_list}
     say(f"subject {subject}: {roi} in {space}: {n_voxels} voxels"
         + (f" (NSD: {expected_vox}{'' if expected_vox == n_voxels else ' -- differs!'})" if expected_vox else ""))
-    say(f"sessions 1-{session_list[-1]} ({counts['protocol']}): {counts['trials']} trials; "
+    say(f"sessions 1-{session_list[-1]}, {counts['protocol']}: {counts['trials']} trials; "
         f"test {counts['test_trials']} trials / {counts['test_images']} images")
     responses = read_responses(files.responses) if files.responses.is_file() else None
 
@@ -420,7 +429,8 @@ def prepare_nsd(nsd_root, subject: int, out, *, space: str = "func1pt8mm",
               "images": images}
     if not force and summary_path.is_file():
         old = read_json(summary_path)
-        if isinstance(old, dict) and old.get("parameters") == params and _outputs_intact(out, old):
+        if isinstance(old, dict) and old.get("parameters") == params and _still_current(out, old, files,
+                                                                                        session_list):
             say(f"subject {subject} is already prepared with these settings ({summary_path.name}); --force redoes it")
             return old
 
@@ -520,11 +530,11 @@ def _counts(d, session_list: list[int], design_path: Path) -> dict:
         raise MindsearchError(f"the design gives {d.n_trials} trials for {n} sessions, NSD has "
                               f"{n * TRIALS_PER_SESSION}", design_path)
     if n in PROTOCOLS:
-        name, images, trials = PROTOCOLS[n]
+        _, images, trials = PROTOCOLS[n]
         if (counts["test_images"], counts["test_trials"]) != (images, trials):
             raise MindsearchError(f"not NSD's experiment design: {n} sessions give {counts['test_images']} test "
-                                  f"images / {counts['test_trials']} test trials, NSD's {name} protocol has "
-                                  f"{images} / {trials}", design_path)
+                                  f"images / {counts['test_trials']} test trials, NSD's have {images} / {trials}",
+                                  design_path)
     return counts
 
 
@@ -596,7 +606,8 @@ def _sessions(files: NsdFiles, session_list, mask, mask_sha: str, work: Path, sa
             finally:
                 reader.close()
             record = {"session": s, "file": str(path.relative_to(files.root)), "format": fmt,
-                      "size": path.stat().st_size, "sha256": sha256_file(path), "trials": TRIALS_PER_SESSION,
+                      "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+                      "sha256": sha256_file(path), "trials": TRIALS_PER_SESSION,
                       "values_sha256": h.hexdigest(), "seconds": round(time.perf_counter() - t, 2)}
             write_json(meta, {"key": key, "record": record})  # written last: marks the session finished
             records.append(record)
@@ -711,12 +722,18 @@ def _write_images(out: Path, stimuli: Path, ids: np.ndarray, size: int, say, bar
     return {"file": name, "shape": [shape[0], 3, size, size], "written": int(written.sum()), "added": int(len(todo))}
 
 
-def _outputs_intact(out: Path, summary: dict) -> bool:
-    o = summary.get("outputs", {})
-    files = [o.get("betas", {}).get("file")]
-    if o.get("images"):
-        files.append(o["images"].get("file"))
-    return all(f and (out / Path(f).name).is_file() for f in files)
+def _still_current(out: Path, summary: dict, files: NsdFiles, session_list) -> bool:
+    """A finished preparation is reused only if its outputs exist and its inputs look unchanged
+    (the sessions' sizes and mtimes; the design's and mask's sha256 -- small files)."""
+    o, i = summary.get("outputs", {}), summary.get("inputs", {})
+    wanted = [o.get("betas", {}).get("file")] + ([o["images"].get("file")] if o.get("images") else [])
+    if not all(f and (out / Path(f).name).is_file() for f in wanted):
+        return False
+    stamps = [(r.get("size"), r.get("mtime_ns")) for r in summary.get("sessions", [])]
+    if stamps != [tuple(_stamp(files.session(s)).values()) for s in session_list]:
+        return False
+    return (i.get("design", {}).get("sha256") == sha256_file(files.design)
+            and i.get("mask", {}).get("sha256") == sha256_file(files.mask))
 
 
 def _write_manifest(out: Path, manifest: dict, subject: int, n_voxels: int, summary_name: str) -> None:
