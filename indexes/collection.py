@@ -671,6 +671,3 @@ class Collection:
         self.lock()
         self._m.setdefault("recall", {})[str(label)] = dict(result)
         self._commit()
-
-    def versions(self) -> list[dict]:
-        return tbl.versions(tbl.open_table(self.db, self.table_name))

@@ -217,16 +217,6 @@ def append(table, batch, *, path: str | Path | None = None) -> int:
     return int(getattr(result, "version", table.version))
 
 
-def versions(table) -> list[dict]:
-    """``[{"version", "timestamp", "rows"}]`` for every kept version (oldest first)."""
-    out = []
-    for v in table.list_versions():
-        meta = v.get("metadata", {}) or {}
-        out.append({"version": int(v["version"]), "timestamp": str(v["timestamp"]),
-                    "rows": int(meta.get("total_rows", -1))})
-    return out
-
-
 def scan(table, columns: list[str], *, where: str | None = None, batch_rows: int = 65_536) -> Iterator:
     """Stream ``columns`` (optionally filtered) as pyarrow RecordBatches."""
     q = table.search().select(list(columns)).limit(None)
