@@ -87,7 +87,6 @@ class Collection:
 
     def _set_manifest(self, manifest: dict) -> None:
         self._m = manifest
-        self._stamp = mf.stamp(self.manifest_path)
         self._location = mf.table_location(self.path, manifest["table"]["uri"], self.manifest_path)
         self._db = None
         self._table = None          # handle used for reads and writes
@@ -193,8 +192,7 @@ class Collection:
                 raise InputError("internal: pending rows without the writer lock", self.path)
             self._lock.acquire(timeout)
             try:
-                if mf.stamp(self.manifest_path) != self._stamp:
-                    self._set_manifest(mf.read(self.path))
+                self._set_manifest(mf.read(self.path))  # what the previous writer committed last
                 self._after_lock()
             except BaseException:
                 self._lock.release()
@@ -332,7 +330,6 @@ class Collection:
         self._m["updated"] = _now()
         self._m["version"] = int(self._m.get("version", 0)) + 1
         write_json(self.manifest_path, self._m, allow_nan=False)
-        self._stamp = mf.stamp(self.manifest_path)
 
     # ---------------------------------------------------------------- writing
     def add(self, batch: Any, shard: str | None = None, *, replace: bool = False) -> int:

@@ -168,6 +168,16 @@ def test_lance_rows_disagreeing_with_manifest_refuse_a_write(built, tmp_path):
     one_error_line(res, "lance", "the manifest says")
 
 
+def test_deleted_lance_fragment_is_one_error_naming_the_table(built, tmp_path):
+    root = copy_index(built, tmp_path)
+    data = root / "e" / "lance" / "images.lance" / "data"
+    next(data.iterdir()).unlink()
+    assert cli_run("query", "--embedding", built[0] / "q.npy", "--index", "e", "--root", root).exit_code == 0
+    res = cli_run("index", "build", "--embeddings", built[0] / "emb", "--name", "e", "--root", root,
+                  "--kind", "hnsw")
+    one_error_line(res, "images.lance", "cannot read the table")
+
+
 def test_dimension_mismatch_names_the_manifest(built, tmp_path):
     np.save(tmp_path / "q9.npy", np.ones((1, D + 1), np.float32))
     res = cli_run("query", "--embedding", tmp_path / "q9.npy", "--index", "e", "--root", built[0] / "root")
