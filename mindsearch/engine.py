@@ -377,10 +377,10 @@ class Engine:
         def col(values, default, what):
             if values is None:
                 return np.full(n, default, np.int64)
-            arr = np.broadcast_to(np.asarray(list(values) if not np.isscalar(values) else values, np.int64), (n,))
-            if arr.shape != (n,):
-                raise MindsearchError(f"{what}: expected {n} values")
-            return arr
+            try:
+                return np.broadcast_to(np.asarray(values if np.isscalar(values) else list(values), np.int64), (n,))
+            except (TypeError, ValueError):
+                raise MindsearchError(f"{what}: expected one integer or {n} of them") from None
 
         trial_col = col(trials, -1, "trials")
         batch = {"subject": np.full(n, subject, np.int32),
