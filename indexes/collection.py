@@ -597,10 +597,11 @@ class Collection:
     def set_search_params(self, **params: Any) -> dict:
         """Change nprobe / efSearch for this process (``persist=True`` also records them)."""
         persist = params.pop("persist", False)
+        if persist:
+            self.lock()  # before loading: taking the lock reloads the latest commit
         done = faiss_index.set_search_params(self._load_index(), **params)
         self._info = None
         if persist and self._m.get("index"):
-            self.lock()
             self._m["index"]["params"] = faiss_index.search_params(self._index)
             self._commit()
         return done

@@ -149,7 +149,11 @@ class Engine:
         coll = Collection.create(root or self.root, name, space, dim, tokens_shape, extra_columns=extra_columns,
                                  table_uri=table_uri, exist_ok=True, kind=kind)
         if check_space:
-            check_same_space(coll.space, space, f"index {name!r}", "the new images")
+            try:
+                check_same_space(coll.space, space, f"index {name!r}", "the new images")
+            except BaseException:
+                coll.close()
+                raise
         return coll
 
     def build_from_images(self, name: str, source: str | Path, *, model: str = "ViT-L-14",
