@@ -372,9 +372,7 @@ class Engine:
         shape = [int(s) for s in dis.shape[1:]]
         size = int(np.prod(shape))
         bdir = self.root / BRAIN_DIR
-        if (bdir / f"{name}.lance").is_dir() and not (bdir / name).is_dir():
-            raise MindsearchError(f"brain store {name!r} was written by an older mindsearch (a bare table); "
-                                  f"remove {bdir / (name + '.lance')} and store it again", bdir)
+        self._migrate_store(name)
         extra = {"subject": "int32", "session": "int32", "trial": "int64", "image_id": "int64",
                  "run_id": "string", "aligned": _vector_type(size)}
 
@@ -415,10 +413,45 @@ class Engine:
             return {"store": name, "added": n, "replaced": before + n - coll.count,
                     "count": coll.count, "table_version": coll.table_version, "source": source}
 
+    def _migrate_store(self, name: str) -> None:
+        """Turn a brain store of the old layout (a bare ``_brain/NAME.lance`` table and
+        ``NAME.space.json``) into a collection, once; the old files are left in place."""
+        from mindsearch.indexes import table as tbl
+        from mindsearch.indexes.io import read_json
+        from mindsearch.indexes.manifest import check_name
+
+        bdir = self.root / BRAIN_DIR
+        check_name(name, bdir)
+        if not (bdir / f"{name}.lance").is_dir() or (bdir / name / "manifest.json").is_file():
+            return
+        old = tbl.open_table(tbl.connect(bdir), name)
+        with tbl.reading(old):
+            data = old.to_arrow()
+        space = read_json(bdir / f"{name}.space.json", "space record of the old brain store")
+        n = data.num_rows
+        dis = np.asarray(data.column("disjointed").combine_chunks().values.to_numpy(zero_copy_only=False),
+                         np.float32).reshape(n, -1)
+        shape = [int(x) for x in (old.schema.metadata or {}).get(b"shape", b"").decode().split("x") if x]
+        extra = {"subject": "int32", "session": "int32", "trial": "int64", "image_id": "int64",
+                 "run_id": "string", "aligned": _vector_type(dis.shape[1])}
+        batch = {c: data.column(c) for c in ("subject", "session", "trial", "image_id", "run_id")}
+        if data.column("aligned").null_count == 0:  # written only when the run had a prior
+            batch["aligned"] = data.column("aligned")
+        batch.update(id=np.arange(n, dtype=np.int64), embedding=dis)  # ids = the old row numbers
+        with self._create_or_resume(name, space, dis.shape[1], None, extra_columns=extra, kind="brain",
+                                    root=bdir, check_space=False) as coll:
+            coll._m["brain_shape"] = shape or [dis.shape[1]]  # noqa: SLF001  (committed with the shard)
+            if n:
+                coll.add(batch, shard="migrated")
+            coll.finish_shard("migrated")
+            if n:
+                coll.build_index("flat")
+
     def query_brain(self, store: str, image_embedding: np.ndarray, *, space: dict | None = None,
                     k: int = 16) -> list[list[dict]]:
         """Brain retrieval: the stored brain samples nearest to an image embedding (exact cosine
         over the flattened embeddings)."""
+        self._migrate_store(store)
         reader = self.reader(store, brain=True)
         snap = reader.snapshot()
         if space is not None:
