@@ -85,9 +85,12 @@ def _only_index(engine) -> str:
     from mindsearch.errors import MindsearchError
 
     names = engine.list()
+    if not names:
+        raise MindsearchError("no index here: build one (`mindsearch index build`) or point --root / "
+                              "MINDSEARCH_HOME at the folder that holds it", engine.root)
     if len(names) != 1:
         raise MindsearchError(f"choose an index with --index ({len(names)} under {engine.root}: "
-                              f"{', '.join(names) or 'none'})")
+                              f"{', '.join(names)})")
     return names[0]
 
 

@@ -408,8 +408,9 @@ class Collection:
             new_file = self._next_index_file()
             faiss_index.save_index(self._index, self.path / new_file)
             old = (idx["file"], idx.get("rows"))
-            rows_file = self._write_rows(table, new_file)
-            idx.update(file=new_file, rows=rows_file, ntotal=int(self._index.ntotal),
+            # No rows file for a shard added to a built index: rewriting it per shard would cost
+            # O(n) with tokens; readers fetch rows from the table until the next build_index.
+            idx.update(file=new_file, rows=None, ntotal=int(self._index.ntotal),
                        table_version=int(table.version))
             self._m["recall"] = {}  # measured on the previous index
             _crash_point("finish-before-commit")

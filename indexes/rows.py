@@ -1,11 +1,11 @@
 """Per-row data a search needs after FAISS (paths, tokens for re-ranking), without LanceDB.
 
-Beside each FAISS file the writer puts ``faiss/rows-NNNNNN.arrow``: an Arrow IPC file holding, for
+Beside each FAISS file ``build_index`` writes ``faiss/rows-NNNNNN.arrow``: an Arrow IPC file holding, for
 the same table version, every row's ``id``, ``key``, ``shard``, the path-like metadata columns
 (``image_path``, ``url``), brain-store columns, and the ``tokens`` used for re-ranking. Readers
 memory-map it (zero copy), so the query hot path is FAISS + a few array lookups: no LanceDB import,
-no table scan. Indexes written before it existed fall back to :class:`LanceRows` (row fetches from
-the table at the pinned version).
+no table scan. Indexes written before it existed, and versions made by adding shards to a built
+index, fall back to :class:`LanceRows` (row fetches from the table at the pinned version).
 
 This doubles the disk taken by stored tokens; it is the price of re-ranking without a database
 round trip per query.
