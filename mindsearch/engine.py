@@ -6,8 +6,14 @@ a manifest) live under a root directory: ``--root`` / ``Engine(root)``, else
 ``$MINDSEARCH_HOME/indexes``, else ``~/.mindsearch/indexes``. A root may also be an object-store
 URI for the tables (``table_uri``); manifests and FAISS files stay local.
 
-Every hit is attributable: it carries the index name, the table version it was read at, and
-the run that encoded the query.
+Builds go through writers (``Collection``, one per index at a time, under a file lock); queries go
+through readers (``indexes.reader.Reader``) that the engine opens once per index and keeps: keep one
+``Engine`` alive (a notebook, a service) and queries cost a FAISS search plus array look-ups, and a
+build committed elsewhere is picked up by the next query. Brain stores are collections of kind
+"brain" under ``ROOT/_brain``.
+
+Every hit is attributable: it carries the index name, the table version it was read at, the score
+kind, the query row and the run that encoded the query.
 """
 
 from __future__ import annotations
