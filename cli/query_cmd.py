@@ -157,7 +157,9 @@ def _print(blocks, fmt, out, columns, title):
         for i, block in enumerate(blocks):
             if len(blocks) > 1 or i == 0:
                 text.append(title(i))
-            text.append(table([[_fmt(h.get(c)) for c in columns] for h in block], columns))
+            # a hit inside a container (hdf5 row, tar member, dataset image) shows its source reference
+            text.append(table([[_fmt(h.get(c) if c != "path" else h.get("path") or h.get("source"))
+                                for c in columns] for h in block], columns))
             if i + 1 < len(blocks):
                 text.append("")
         text = "\n".join(text) + "\n"

@@ -146,6 +146,19 @@ def test_voxel_query_finds_images_and_attributes_results(sim_world, tmp_path):
     assert all(h["run"] == str(root / "ridge") and h["index"] == "sim" for h in hits)
     found = sum(any(h["id"] == t for h in hits[i * 16:(i + 1) * 16]) for i, t in enumerate(truth))
     assert found / 60 > 2 * 16 / 150  # the true image is in the top 16 far above chance (16 of 150)
+    # A dataset hit names its source, and the engine serves the dataset's own pixels for it.
+    import io
+
+    from PIL import Image
+
+    from mindsearch.engine import Engine
+
+    assert hits[0]["path"] is None and hits[0]["source"].endswith(f"#image/{hits[0]['id']}")
+    data_png, ctype = Engine(idx).image_bytes("sim", hits[0]["id"])
+    with open_dataset(data) as ds:
+        pixels = ds.images([hits[0]["id"]])[0]
+    got = np.asarray(Image.open(io.BytesIO(data_png)))
+    assert ctype == "image/png" and got.shape[:2] == pixels.shape[-2:]
     # The human table prints too.
     np.save(tmp_path / "one.npy", test.voxels[0])
     res = run_cli("query", "--voxels", tmp_path / "one.npy", "--run", root / "ridge", "--root", idx, "--k", "3")
