@@ -42,10 +42,13 @@ def write_rows(table, path: Path, *, tokens: bool) -> int:
     names = table.schema.names
     cols = [c for c in COLUMNS if c in names] + (["tokens"] if tokens and "tokens" in names else [])
     schema = pa.schema([table.schema.field(c) for c in cols])
+    # batches of about 256 MiB: MindEye1's 257 x 768 tokens are 790 KB a row
+    row_bytes = 64 + sum(4 * f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type))
+    batch_rows = int(max(64, min(65_536, 2**28 // row_bytes)))
     n = 0
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for rb in tbl.scan(table, cols):
+            for rb in tbl.scan(table, cols, batch_rows=batch_rows):
                 writer.write_batch(pa.RecordBatch.from_arrays([rb.column(c) for c in cols], schema=schema))
                 n += rb.num_rows
     return n
