@@ -108,9 +108,12 @@ def _only_index(engine) -> str:
     from mindsearch.errors import MindsearchError
 
     names = engine.list()
+    if not names:
+        raise MindsearchError("no index here: build one (`mindsearch index build`) or point --root / "
+                              "MINDSEARCH_HOME at the folder that holds it", engine.root)
     if len(names) != 1:
         raise MindsearchError(f"choose an index with --index ({len(names)} under {engine.root}: "
-                              f"{', '.join(names) or 'none'}; another root: --root DIR or MINDSEARCH_HOME, "
+                              f"{', '.join(names)}; another root: --root DIR or MINDSEARCH_HOME, "
                               "or save defaults with `mindsearch use`)")
     return names[0]
 
@@ -178,7 +181,9 @@ def _print(blocks, fmt, out, columns, title):
         for i, block in enumerate(blocks):
             if len(blocks) > 1 or i == 0:
                 text.append(title(i))
-            text.append(table([[_fmt(h.get(c)) for c in columns] for h in block], columns))
+            # a hit inside a container (hdf5 row, tar member, dataset image) shows its source reference
+            text.append(table([[_fmt(h.get(c) if c != "path" else h.get("path") or h.get("source"))
+                                for c in columns] for h in block], columns))
             if i + 1 < len(blocks):
                 text.append("")
         text = "\n".join(text) + "\n"

@@ -87,7 +87,6 @@ class Collection:
 
     def _set_manifest(self, manifest: dict) -> None:
         self._m = manifest
-        self._stamp = mf.stamp(self.manifest_path)
         self._location = mf.table_location(self.path, manifest["table"]["uri"], self.manifest_path)
         self._db = None
         self._table = None          # handle used for reads and writes
@@ -193,8 +192,7 @@ class Collection:
                 raise InputError("internal: pending rows without the writer lock", self.path)
             self._lock.acquire(timeout)
             try:
-                if mf.stamp(self.manifest_path) != self._stamp:
-                    self._set_manifest(mf.read(self.path))
+                self._set_manifest(mf.read(self.path))  # what the previous writer committed last
                 self._after_lock()
             except BaseException:
                 self._lock.release()
@@ -332,7 +330,6 @@ class Collection:
         self._m["updated"] = _now()
         self._m["version"] = int(self._m.get("version", 0)) + 1
         write_json(self.manifest_path, self._m, allow_nan=False)
-        self._stamp = mf.stamp(self.manifest_path)
 
     # ---------------------------------------------------------------- writing
     def add(self, batch: Any, shard: str | None = None, *, replace: bool = False) -> int:
@@ -411,8 +408,9 @@ class Collection:
             new_file = self._next_index_file()
             faiss_index.save_index(self._index, self.path / new_file)
             old = (idx["file"], idx.get("rows"))
-            rows_file = self._write_rows(table, new_file)
-            idx.update(file=new_file, rows=rows_file, ntotal=int(self._index.ntotal),
+            # No rows file for a shard added to a built index: rewriting it per shard would cost
+            # O(n) with tokens; readers fetch rows from the table until the next build_index.
+            idx.update(file=new_file, rows=None, ntotal=int(self._index.ntotal),
                        table_version=int(table.version))
             self._m["recall"] = {}  # measured on the previous index
             _crash_point("finish-before-commit")
@@ -600,10 +598,11 @@ class Collection:
     def set_search_params(self, **params: Any) -> dict:
         """Change nprobe / efSearch for this process (``persist=True`` also records them)."""
         persist = params.pop("persist", False)
+        if persist:
+            self.lock()  # before loading: taking the lock reloads the latest commit
         done = faiss_index.set_search_params(self._load_index(), **params)
         self._info = None
         if persist and self._m.get("index"):
-            self.lock()
             self._m["index"]["params"] = faiss_index.search_params(self._index)
             self._commit()
         return done
@@ -671,6 +670,3 @@ class Collection:
         self.lock()
         self._m.setdefault("recall", {})[str(label)] = dict(result)
         self._commit()
-
-    def versions(self) -> list[dict]:
-        return tbl.versions(tbl.open_table(self.db, self.table_name))

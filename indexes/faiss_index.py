@@ -12,20 +12,18 @@ Every index is wrapped in ``IndexIDMap2`` so it returns the table's ``id`` colum
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mindsearch.indexes.errors import InputError
+from mindsearch.indexes.io import atomic_path
 
 #: autofaiss's default ``max_index_memory_usage`` ("16G").
 DEFAULT_MEMORY_BUDGET = 16 * 2**30
 #: kind="auto" keeps exact search up to this many vectors (ANCHORS 6.1).
 EXACT_MAX = 1_000_000
-KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,15 +351,8 @@ def save_index(index, path: str | Path) -> Path:
     base = base_index(index)
     if type(base).__name__.startswith("Gpu"):  # never write a GPU index
         index = faiss.IndexIDMap2(faiss.index_gpu_to_cpu(base))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
     return path
 
 

@@ -187,6 +187,11 @@ class _LazyLanceRows:
                     loc = mf.table_location(path, self._man["table"]["uri"], self._reader.manifest_path)
                     db = tbl.connect(loc, storage_options=self._reader._storage_options)
                     table = tbl.open_table(db, self._man["table"]["name"], version=int(self._man["table"]["version"]))
+                    with tbl.reading(table):
+                        rows = int(table.count_rows())
+                    if rows != int(self._man["count"]):
+                        raise InputError(f"the table holds {rows} rows at version {self._man['table']['version']}, "
+                                         f"the manifest says {self._man['count']}", loc)
                     self._rows = LanceRows(table, loc)
         return self._rows
 

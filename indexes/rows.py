@@ -1,11 +1,11 @@
 """Per-row data a search needs after FAISS (paths, tokens for re-ranking), without LanceDB.
 
-Beside each FAISS file the writer puts ``faiss/rows-NNNNNN.arrow``: an Arrow IPC file holding, for
+Beside each FAISS file ``build_index`` writes ``faiss/rows-NNNNNN.arrow``: an Arrow IPC file holding, for
 the same table version, every row's ``id``, ``key``, ``shard``, the path-like metadata columns
 (``image_path``, ``url``), brain-store columns, and the ``tokens`` used for re-ranking. Readers
 memory-map it (zero copy), so the query hot path is FAISS + a few array lookups: no LanceDB import,
-no table scan. Indexes written before it existed fall back to :class:`LanceRows` (row fetches from
-the table at the pinned version).
+no table scan. Indexes written before it existed, and versions made by adding shards to a built
+index, fall back to :class:`LanceRows` (row fetches from the table at the pinned version).
 
 This doubles the disk taken by stored tokens; it is the price of re-ranking without a database
 round trip per query.
@@ -42,10 +42,13 @@ def write_rows(table, path: Path, *, tokens: bool) -> int:
     names = table.schema.names
     cols = [c for c in COLUMNS if c in names] + (["tokens"] if tokens and "tokens" in names else [])
     schema = pa.schema([table.schema.field(c) for c in cols])
+    # batches of about 256 MiB: MindEye1's 257 x 768 tokens are 790 KB a row
+    row_bytes = 64 + sum(4 * f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type))
+    batch_rows = int(max(64, min(65_536, 2**28 // row_bytes)))
     n = 0
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for rb in tbl.scan(table, cols):
+            for rb in tbl.scan(table, cols, batch_rows=batch_rows):
                 writer.write_batch(pa.RecordBatch.from_arrays([rb.column(c) for c in cols], schema=schema))
                 n += rb.num_rows
     return n

@@ -21,6 +21,7 @@ a time) to keep fragments few. Reads always name the table version they saw.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -217,29 +218,34 @@ def append(table, batch, *, path: str | Path | None = None) -> int:
     return int(getattr(result, "version", table.version))
 
 
-def versions(table) -> list[dict]:
-    """``[{"version", "timestamp", "rows"}]`` for every kept version (oldest first)."""
-    out = []
-    for v in table.list_versions():
-        meta = v.get("metadata", {}) or {}
-        out.append({"version": int(v["version"]), "timestamp": str(v["timestamp"]),
-                    "rows": int(meta.get("total_rows", -1))})
-    return out
+@contextlib.contextmanager
+def reading(table) -> Iterator[None]:
+    """Turn a storage failure while reading ``table`` (a deleted or damaged fragment) into an
+    ``InputError`` naming the table."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read the table ({str(exc).splitlines()[0][:300]})",
+                         getattr(table, "uri", None)) from None
 
 
 def scan(table, columns: list[str], *, where: str | None = None, batch_rows: int = 65_536) -> Iterator:
     """Stream ``columns`` (optionally filtered) as pyarrow RecordBatches."""
-    q = table.search().select(list(columns)).limit(None)
-    if where:
-        q = q.where(where)
-    yield from q.to_batches(batch_rows)
+    with reading(table):
+        q = table.search().select(list(columns)).limit(None)
+        if where:
+            q = q.where(where)
+        yield from q.to_batches(batch_rows)
 
 
 def vectors(table, column: str = "embedding", *, where: str | None = None,
             id_column: str = "id") -> tuple[np.ndarray, np.ndarray]:
     """All ``(ids int64 (n,), vectors float32 (n, d))`` of ``column``, read batch by batch."""
     size = table.schema.field(column).type.list_size
-    n = table.count_rows(where) if where else table.count_rows()
+    with reading(table):
+        n = table.count_rows(where) if where else table.count_rows()
     out = np.empty((n, size), dtype=np.float32)
     ids = np.empty(n, dtype=np.int64)
     pos = 0
@@ -275,7 +281,8 @@ def fetch(table, ids: np.ndarray, columns: list[str] | None = None, *, id_column
     for start in range(0, len(uniq), 4096):
         chunk = uniq[start:start + 4096]
         where = f"{id_column} IN ({id_list(chunk)})"
-        parts.append(table.search().where(where).select(cols).limit(len(chunk)).to_arrow())
+        with reading(table):
+            parts.append(table.search().where(where).select(cols).limit(len(chunk)).to_arrow())
     got = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     got_ids = got.column(id_column).to_numpy()
     order = np.argsort(got_ids, kind="stable")
@@ -293,8 +300,9 @@ def existing_ids(table, ids: np.ndarray, *, id_column: str = "id") -> np.ndarray
     found = []
     for start in range(0, len(ids), 4096):
         part = ids[start:start + 4096]
-        got = table.search().where(f"{id_column} IN ({id_list(part)})").select([id_column]) \
-            .limit(len(part)).to_arrow()
+        with reading(table):
+            got = table.search().where(f"{id_column} IN ({id_list(part)})").select([id_column]) \
+                .limit(len(part)).to_arrow()
         found.append(got.column(id_column).to_numpy())
     return np.unique(np.concatenate(found)) if found else ids[:0]
 

@@ -6,8 +6,14 @@ a manifest) live under a root directory: ``--root`` / ``Engine(root)``, else
 ``$MINDSEARCH_HOME/indexes``, else ``~/.mindsearch/indexes``. A root may also be an object-store
 URI for the tables (``table_uri``); manifests and FAISS files stay local.
 
-Every hit is attributable: it carries the index name, the table version it was read at, and
-the run that encoded the query.
+Builds go through writers (``Collection``, one per index at a time, under a file lock); queries go
+through readers (``indexes.reader.Reader``) that the engine opens once per index and keeps: keep one
+``Engine`` alive (a notebook, a service) and queries cost a FAISS search plus array look-ups, and a
+build committed elsewhere is picked up by the next query. Brain stores are collections of kind
+"brain" under ``ROOT/_brain``.
+
+Every hit is attributable: it carries the index name, the table version it was read at, the score
+kind, the query row and the run that encoded the query.
 """
 
 from __future__ import annotations
@@ -149,7 +155,11 @@ class Engine:
         coll = Collection.create(root or self.root, name, space, dim, tokens_shape, extra_columns=extra_columns,
                                  table_uri=table_uri, exist_ok=True, kind=kind)
         if check_space:
-            check_same_space(coll.space, space, f"index {name!r}", "the new images")
+            try:
+                check_same_space(coll.space, space, f"index {name!r}", "the new images")
+            except BaseException:
+                coll.close()
+                raise
         return coll
 
     def build_from_images(self, name: str, source: str | Path, *, model: str = "ViT-L-14",
@@ -368,19 +378,17 @@ class Engine:
         shape = [int(s) for s in dis.shape[1:]]
         size = int(np.prod(shape))
         bdir = self.root / BRAIN_DIR
-        if (bdir / f"{name}.lance").is_dir() and not (bdir / name).is_dir():
-            raise MindsearchError(f"brain store {name!r} was written by an older mindsearch (a bare table); "
-                                  f"remove {bdir / (name + '.lance')} and store it again", bdir)
+        self._migrate_store(name)
         extra = {"subject": "int32", "session": "int32", "trial": "int64", "image_id": "int64",
                  "run_id": "string", "aligned": _vector_type(size)}
 
         def col(values, default, what):
             if values is None:
                 return np.full(n, default, np.int64)
-            arr = np.broadcast_to(np.asarray(list(values) if not np.isscalar(values) else values, np.int64), (n,))
-            if arr.shape != (n,):
-                raise MindsearchError(f"{what}: expected {n} values")
-            return arr
+            try:
+                return np.broadcast_to(np.asarray(values if np.isscalar(values) else list(values), np.int64), (n,))
+            except (TypeError, ValueError):
+                raise MindsearchError(f"{what}: expected one integer or {n} of them") from None
 
         trial_col = col(trials, -1, "trials")
         batch = {"subject": np.full(n, subject, np.int32),
@@ -411,10 +419,45 @@ class Engine:
             return {"store": name, "added": n, "replaced": before + n - coll.count,
                     "count": coll.count, "table_version": coll.table_version, "source": source}
 
+    def _migrate_store(self, name: str) -> None:
+        """Turn a brain store of the old layout (a bare ``_brain/NAME.lance`` table and
+        ``NAME.space.json``) into a collection, once; the old files are left in place."""
+        from mindsearch.indexes import table as tbl
+        from mindsearch.indexes.io import read_json
+        from mindsearch.indexes.manifest import check_name
+
+        bdir = self.root / BRAIN_DIR
+        check_name(name, bdir)
+        if not (bdir / f"{name}.lance").is_dir() or (bdir / name / "manifest.json").is_file():
+            return
+        old = tbl.open_table(tbl.connect(bdir), name)
+        with tbl.reading(old):
+            data = old.to_arrow()
+        space = read_json(bdir / f"{name}.space.json", "space record of the old brain store")
+        n = data.num_rows
+        dis = np.asarray(data.column("disjointed").combine_chunks().values.to_numpy(zero_copy_only=False),
+                         np.float32).reshape(n, -1)
+        shape = [int(x) for x in (old.schema.metadata or {}).get(b"shape", b"").decode().split("x") if x]
+        extra = {"subject": "int32", "session": "int32", "trial": "int64", "image_id": "int64",
+                 "run_id": "string", "aligned": _vector_type(dis.shape[1])}
+        batch = {c: data.column(c) for c in ("subject", "session", "trial", "image_id", "run_id")}
+        if data.column("aligned").null_count == 0:  # written only when the run had a prior
+            batch["aligned"] = data.column("aligned")
+        batch.update(id=np.arange(n, dtype=np.int64), embedding=dis)  # ids = the old row numbers
+        with self._create_or_resume(name, space, dis.shape[1], None, extra_columns=extra, kind="brain",
+                                    root=bdir, check_space=False) as coll:
+            coll._m["brain_shape"] = shape or [dis.shape[1]]  # noqa: SLF001  (committed with the shard)
+            if n:
+                coll.add(batch, shard="migrated")
+            coll.finish_shard("migrated")
+            if n:
+                coll.build_index("flat")
+
     def query_brain(self, store: str, image_embedding: np.ndarray, *, space: dict | None = None,
                     k: int = 16) -> list[list[dict]]:
         """Brain retrieval: the stored brain samples nearest to an image embedding (exact cosine
         over the flattened embeddings)."""
+        self._migrate_store(store)
         reader = self.reader(store, brain=True)
         snap = reader.snapshot()
         if space is not None:

@@ -77,8 +77,8 @@ def test_incremental_add_updates_index(tmp_path, monkeypatch):
     c.add({"embedding": _vecs(8, 2)}, shard="extra2")
     c.finish_shard("extra2")
     assert not (tmp_path / "imgs" / old_file).exists()
-    assert sorted(p.name for p in (tmp_path / "imgs" / "faiss").iterdir()) == sorted(
-        f.split("/")[1] for f in (c.manifest["index"]["file"], c.manifest["index"]["rows"]))
+    assert [p.name for p in (tmp_path / "imgs" / "faiss").iterdir()] == [c.manifest["index"]["file"].split("/")[1]]
+    assert c.manifest["index"]["rows"] is None  # readers fetch rows from LanceDB until the next build
     c2 = Collection.open(tmp_path, "imgs")
     ids, scores = c2.search(new, 1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(50, 60))
@@ -217,3 +217,33 @@ def test_brain_store_collection_replaces_rows_by_id(tmp_path):
     assert cols == {"run_id": ["r1", "r2", "r2"], "trial": [0, 1, 4]}
     with pytest.raises(InputError, match="repeats ids"):
         c.add({"id": [10], "embedding": first[:1]}, shard="s2")
+
+
+def test_rows_file_lookups_across_batches(tmp_path):
+    """Readers' memory-mapped rows: id -> tokens/key across record batches, missing ids flagged."""
+    import pyarrow as pa
+
+    from mindsearch.indexes.rows import FileRows
+
+    rng = np.random.default_rng(0)
+    size = 6
+    ids = rng.permutation(40).astype(np.int64) * 3  # unsorted, sparse
+    tok = rng.standard_normal((40, size)).astype(np.float32)
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("key", pa.string()),
+                        pa.field("tokens", pa.list_(pa.float32(), size))])
+    with pa.OSFile(str(tmp_path / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+        for s in (0, 7, 25):  # three batches of unequal size
+            e = {0: 7, 7: 25, 25: 40}[s]
+            w.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(ids[s:e]), pa.array([f"k{i}" for i in ids[s:e]]),
+                 pa.FixedSizeListArray.from_arrays(pa.array(tok[s:e].reshape(-1)), size)], schema=schema))
+    rows = FileRows(tmp_path / "rows.arrow", expect_rows=40)
+    want = np.array([[ids[30], 1], [ids[3], ids[10]]])  # 1 is not an id (ids are multiples of 3)
+    got, found = rows.tokens(want, size)
+    assert found.tolist() == [[True, False], [True, True]]
+    np.testing.assert_array_equal(got[0, 0], tok[30])
+    np.testing.assert_array_equal(got[1], tok[[3, 10]])
+    assert rows.columns(np.array([ids[39], 1]), ["key"]) == {"key": [f"k{ids[39]}", None]}
+    assert rows.find("key", f"k{ids[20]}") == ids[20] and rows.find("key", "k' OR 1=1") is None
+    with pytest.raises(InputError, match="holds 40 rows"):
+        FileRows(tmp_path / "rows.arrow", expect_rows=41)

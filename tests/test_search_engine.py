@@ -146,6 +146,19 @@ def test_voxel_query_finds_images_and_attributes_results(sim_world, tmp_path):
     assert all(h["run"] == str(root / "ridge") and h["index"] == "sim" for h in hits)
     found = sum(any(h["id"] == t for h in hits[i * 16:(i + 1) * 16]) for i, t in enumerate(truth))
     assert found / 60 > 2 * 16 / 150  # the true image is in the top 16 far above chance (16 of 150)
+    # A dataset hit names its source, and the engine serves the dataset's own pixels for it.
+    import io
+
+    from PIL import Image
+
+    from mindsearch.engine import Engine
+
+    assert hits[0]["path"] is None and hits[0]["source"].endswith(f"#image/{hits[0]['id']}")
+    data_png, ctype = Engine(idx).image_bytes("sim", hits[0]["id"])
+    with open_dataset(data) as ds:
+        pixels = ds.images([hits[0]["id"]])[0]
+    got = np.asarray(Image.open(io.BytesIO(data_png)))
+    assert ctype == "image/png" and got.shape[:2] == pixels.shape[-2:]
     # The human table prints too.
     np.save(tmp_path / "one.npy", test.voxels[0])
     res = run_cli("query", "--voxels", tmp_path / "one.npy", "--run", root / "ridge", "--root", idx, "--k", "3")
@@ -266,3 +279,31 @@ def test_embed_store_with_trials_replaces_instead_of_duplicating(sim_world, tmp_
     assert sorted(zip(cols["trial"], cols["image_id"], cols["session"])) == sorted(
         zip(table["trial"], table["image_id"], table["session"]))
     assert "trials" in run_cli("index", "list", "--root", tmp_path).stdout
+
+
+def test_brain_store_of_the_old_layout_is_migrated_once(tmp_path):
+    """Stores written before brain stores were collections (a bare table + a space file) still answer."""
+    import pyarrow as pa
+
+    from mindsearch.engine import Engine
+    from mindsearch.indexes import table as tbl
+
+    space = {"name": "sim", "model": "sim-v1", "layer": "tokens", "weights": "x", "tokens": 2, "dim": 3}
+    rng = np.random.default_rng(0)
+    dis = rng.standard_normal((5, 6)).astype(np.float32)
+    vec = pa.list_(pa.float32(), 6)
+    schema = pa.schema([pa.field("subject", pa.int32()), pa.field("session", pa.int32()),
+                        pa.field("trial", pa.int64()), pa.field("image_id", pa.int64()),
+                        pa.field("run_id", pa.string()), pa.field("disjointed", vec), pa.field("aligned", vec)],
+                       metadata={"mindsearch.table": "brain", "shape": "2x3"})
+    db = tbl.connect(tmp_path / "_brain")
+    t = tbl.create_table(db, "old", schema)
+    t.add(pa.table([pa.array([1] * 5, pa.int32()), pa.array([2] * 5, pa.int32()), pa.array(range(5), pa.int64()),
+                    pa.array([7, 8, 9, 7, 8], pa.int64()), pa.array(["run"] * 5),
+                    pa.FixedSizeListArray.from_arrays(pa.array(dis.reshape(-1)), 6), pa.nulls(5, vec)],
+                   schema=schema))
+    (tmp_path / "_brain" / "old.space.json").write_text(json.dumps(space))
+    engine = Engine(tmp_path)
+    hits = engine.query_brain("old", dis[3], space=space, k=2)[0]
+    assert hits[0]["row"] == 3 and hits[0]["image_id"] == 7 and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert engine.stores() == ["old"] and Engine(tmp_path).query_brain("old", dis[1], k=1)[0][0]["trial"] == 1

@@ -123,9 +123,15 @@ def test_list_and_info_read_manifests_without_lancedb(tokens_index, tmp_path):
             "for args in (['index', 'list'], ['index', 'list', '--json'], ['index', 'info', 'tok']):\n"
             f"    try:\n        main(args + ['--root', {str(tmp_path / 'r')!r}])\n"
             "    except SystemExit:\n        pass\n"
-            f"print('HEAVY:' + ','.join(m for m in {heavy!r} if m in sys.modules))")
+            f"print('HEAVY:' + ','.join(m for m in {heavy!r} if m in sys.modules))\n"
+            "import numpy as np\n"
+            f"np.save({str(tmp_path / 'q.npy')!r}, np.ones((1, {T}, {D}), np.float32))\n"
+            f"try:\n    main(['query', '--embedding', {str(tmp_path / 'q.npy')!r}, '--index', 'tok', '--root', "
+            f"{str(tmp_path / 'r')!r}, '--k', '2'])\nexcept SystemExit:\n    pass\n"
+            "print('QUERY-LANCEDB:', 'lancedb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines()[-1] == "HEAVY:"
+    assert "HEAVY:\n" in out and out.splitlines()[-1] == "QUERY-LANCEDB: False"  # a warm query needs no LanceDB
+    assert "token_cosine" in out
     rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     assert [(r["name"], r["kind"], r["count"]) for r in rows] == [("tok", "images", N), ("brains", "images", N)]
     assert "tokens" in out and f"{N} x {D}" in out
