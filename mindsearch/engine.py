@@ -75,8 +75,8 @@ class Engine:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").is_file())
 
-    def _create_or_resume(self, name: str, space: dict, dim: int, tokens_shape, extra_columns=None,
-                          table_uri: str | None = None):
+    def create_or_resume(self, name: str, space: dict, dim: int, tokens_shape, extra_columns=None,
+                         table_uri: str | None = None):
         from mindsearch.indexes.collection import MANIFEST, Collection
 
         if (self.root / name / MANIFEST).is_file():
@@ -105,7 +105,7 @@ class Engine:
         space = encoder.space
         t, d = encoder.tokens, encoder.dim
         tokens_shape = (t, d) if (store_tokens and t > 1) else None
-        coll = self._create_or_resume(name, space, d, tokens_shape, table_uri=table_uri)
+        coll = self.create_or_resume(name, space, d, tokens_shape, table_uri=table_uri)
         done = set(coll.finished_shards)
         todo = [s for s in src.shards() if s.shard_id not in done]
         say(f"index {name}: {len(done)} shard(s) already done, {len(todo)} to embed "
@@ -114,17 +114,9 @@ class Engine:
         def batches():
             for shard, records, emb in embed_shards(todo, encoder, batch_size=batch_size,
                                                     num_workers=workers, progress=True):
-                batch = {"embedding": pool_tokens(emb, space.get("pooling")),
-                         "key": [r.key for r in records],
-                         "width": np.asarray([r.width for r in records], np.int32),
-                         "height": np.asarray([r.height for r in records], np.int32)}
-                if records and all(r.id is not None for r in records):
-                    batch["id"] = np.asarray([r.id for r in records], np.int64)
-                if tokens_shape:
-                    batch["tokens"] = emb
-                yield shard.shard_id, batch, len(records)
+                yield shard.shard_id, image_batch(records, emb, space, tokens_shape), len(records)
 
-        _ingest(coll, batches())
+        ingest(coll, batches())
         for s in src.skipped:
             say(f"skipped {s['path']}: {s['error']}")
         rec = coll.build_index(kind)
@@ -139,10 +131,10 @@ class Engine:
         say = progress or (lambda msg: None)
         dim = clip_retrieval.dim(directory)
         space = {**space, "dim": dim, "tokens": 1}
-        coll = self._create_or_resume(name, space, dim, None, table_uri=table_uri,
+        coll = self.create_or_resume(name, space, dim, None, table_uri=table_uri,
                                       extra_columns={"caption": "string", "url": "string"})
         shards = clip_retrieval.iter_shards(directory, skip=set(coll.finished_shards))
-        _ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
+        ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
                 lambda shard_id: say(f"index {name}: shard {shard_id} added ({coll.count} vectors)"))
         rec = coll.build_index(kind)
         return {"name": name, "count": coll.count, "index": rec, "space": space,
@@ -162,7 +154,7 @@ class Engine:
             ids = np.asarray(ds.target_ids, dtype=np.int64)
             t, d = ds.target_shape
             tokens_shape = (t, d) if (store_tokens and t > 1) else None
-            coll = self._create_or_resume(name, space, d, tokens_shape)
+            coll = self.create_or_resume(name, space, d, tokens_shape)
             done = set(coll.finished_shards)
             root = Path(data).resolve()
 
@@ -179,7 +171,7 @@ class Engine:
                         batch["tokens"] = emb
                     yield shard_id, batch, len(chunk)
 
-            _ingest(coll, batches())
+            ingest(coll, batches())
             say(f"index {name}: {coll.count} images from {data}")
         rec = coll.build_index(kind)
         return {"name": name, "count": coll.count, "index": rec, "space": space,
@@ -312,8 +304,21 @@ class Engine:
                 for row, row_scores in zip(rows, scores)]
 
 
-def _ingest(coll, batches, after=None) -> None:
-    """Add each (shard id, batch, row count) and commit it: the unit an interrupted build resumes at.
+def image_batch(records, emb: np.ndarray, space: dict, tokens_shape) -> dict:
+    """The table rows of one embedded shard (also built by Ray workers: mindsearch.distributed)."""
+    batch = {"embedding": pool_tokens(emb, space.get("pooling")),
+             "key": [r.key for r in records],
+             "width": np.asarray([r.width for r in records], np.int32),
+             "height": np.asarray([r.height for r in records], np.int32)}
+    if records and all(r.id is not None for r in records):
+        batch["id"] = np.asarray([r.id for r in records], np.int64)
+    if tokens_shape:
+        batch["tokens"] = emb
+    return batch
+
+
+def ingest(coll, batches, after=None) -> None:
+    """The one writer loop of every build (local or Ray: mindsearch.distributed). Add each (shard id, batch, row count) and commit it: the unit an interrupted build resumes at.
 
     A shard with no rows (every image in it unreadable) is still finished, so a resume skips it.
     """
@@ -323,6 +328,7 @@ def _ingest(coll, batches, after=None) -> None:
         coll.finish_shard(shard_id)
         if after:
             after(shard_id)
+
 
 
 def _compatible(query_space: dict, index_space: dict) -> bool:
