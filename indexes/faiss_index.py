@@ -243,8 +243,11 @@ def base_index(index):
     """The index inside the ``IndexIDMap2`` wrapper, downcast to its concrete class."""
     import faiss
 
-    inner = getattr(index, "index", None)
-    return faiss.downcast_index(inner if inner is not None else index)
+    # Only the id maps wrap another index; probing ``.index`` on others (a bare IVF index from a
+    # sharded build) can return a dangling SWIG pointer that crashes downcast_index.
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.downcast_index(index.index)
+    return faiss.downcast_index(index)
 
 
 def set_search_params(index, *, nprobe: int | None = None, efSearch: int | None = None,
@@ -368,8 +371,8 @@ def load_index(path: str | Path, *, mmap: bool = False, params: dict | None = No
         index = faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         raise InputError(f"not a readable faiss index ({str(exc).splitlines()[0][:200]})", path) from None
-    if not isinstance(index, faiss.IndexIDMap2):
-        index = faiss.downcast_index(index)
+    # read_index already returns the concrete class. Re-wrapping it with downcast_index would
+    # give a non-owning proxy whose owner is then collected: a dangling index (segfault).
     if params:
         set_search_params(index, **params)
     return index

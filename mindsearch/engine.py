@@ -146,7 +146,7 @@ class Engine:
         self._readers.pop(f"{'brain:' if brain else ''}{name}", None)
         return path
 
-    def _create_or_resume(self, name: str, space: dict, dim: int, tokens_shape, extra_columns=None,
+    def create_or_resume(self, name: str, space: dict, dim: int, tokens_shape, extra_columns=None,
                           table_uri: str | None = None, *, kind: str = "images", root: Path | None = None,
                           check_space: bool = True):
         """The locked writer of ``name``: created, or reopened with the latest commit."""
@@ -181,7 +181,7 @@ class Engine:
         space = encoder.space
         t, d = encoder.tokens, encoder.dim
         tokens_shape = (t, d) if (store_tokens and t > 1) else None
-        with self._create_or_resume(name, space, d, tokens_shape, table_uri=table_uri) as coll:
+        with self.create_or_resume(name, space, d, tokens_shape, table_uri=table_uri) as coll:
             done = set(coll.finished_shards)
             todo = [s for s in src.shards() if s.shard_id not in done]
             say(f"index {name}: {len(done)} shard(s) already done, {len(todo)} to embed "
@@ -190,17 +190,9 @@ class Engine:
             def batches():
                 for shard, records, emb in embed_shards(todo, encoder, batch_size=batch_size,
                                                         num_workers=workers, progress=True):
-                    batch = {"embedding": pool_tokens(emb, space.get("pooling")),
-                             "key": [r.key for r in records],
-                             "width": np.asarray([r.width for r in records], np.int32),
-                             "height": np.asarray([r.height for r in records], np.int32)}
-                    if records and all(r.id is not None for r in records):
-                        batch["id"] = np.asarray([r.id for r in records], np.int64)
-                    if tokens_shape:
-                        batch["tokens"] = emb
-                    yield shard.shard_id, batch, len(records)
+                    yield shard.shard_id, image_batch(records, emb, space, tokens_shape), len(records)
 
-            _ingest(coll, batches(), source=src.describe())
+            ingest(coll, batches(), source=src.describe())
             for s in src.skipped:
                 say(f"skipped {s['path']}: {s['error']}")
             rec = coll.build_index(kind)
@@ -215,10 +207,10 @@ class Engine:
         say = progress or (lambda msg: None)
         dim = clip_retrieval.dim(directory)
         space = {**space, "dim": dim, "tokens": 1}
-        with self._create_or_resume(name, space, dim, None, table_uri=table_uri,
+        with self.create_or_resume(name, space, dim, None, table_uri=table_uri,
                                     extra_columns={"caption": "string", "url": "string"}) as coll:
             shards = clip_retrieval.iter_shards(directory, skip=set(coll.finished_shards))
-            _ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
+            ingest(coll, ((shard_id, batch, None) for shard_id, batch in shards),
                     lambda shard_id: say(f"index {name}: shard {shard_id} added ({coll.count} vectors)"),
                     source={"kind": "clip-retrieval", "path": str(Path(directory).resolve())})
             rec = coll.build_index(kind)
@@ -240,7 +232,7 @@ class Engine:
             t, d = ds.target_shape
             tokens_shape = (t, d) if (store_tokens and t > 1) else None
             root = Path(data).resolve()
-            with self._create_or_resume(name, space, d, tokens_shape) as coll:
+            with self.create_or_resume(name, space, d, tokens_shape) as coll:
                 done = set(coll.finished_shards)
 
                 def batches():
@@ -256,7 +248,7 @@ class Engine:
                             batch["tokens"] = emb
                         yield shard_id, batch, len(chunk)
 
-                _ingest(coll, batches(), source={"kind": "dataset", "path": str(root)})
+                ingest(coll, batches(), source={"kind": "dataset", "path": str(root)})
                 say(f"index {name}: {coll.count} images from {data}")
                 rec = coll.build_index(kind)
                 return {"name": name, "count": coll.count, "index": rec, "space": space,
@@ -403,7 +395,7 @@ class Engine:
         aligned = outputs.get("aligned")
         if aligned is not None:
             batch["aligned"] = np.asarray(aligned, np.float32).reshape(n, -1)
-        with self._create_or_resume(name, run.space, size, None, extra_columns=extra, kind="brain",
+        with self.create_or_resume(name, run.space, size, None, extra_columns=extra, kind="brain",
                                     root=bdir, check_space=False) as coll:
             if coll.dim != size or coll.manifest.get("brain_shape", shape) != shape:
                 raise MindsearchError(f"brain store {name!r} holds {coll.manifest.get('brain_shape')} "
@@ -444,7 +436,7 @@ class Engine:
         if data.column("aligned").null_count == 0:  # written only when the run had a prior
             batch["aligned"] = data.column("aligned")
         batch.update(id=np.arange(n, dtype=np.int64), embedding=dis)  # ids = the old row numbers
-        with self._create_or_resume(name, space, dis.shape[1], None, extra_columns=extra, kind="brain",
+        with self.create_or_resume(name, space, dis.shape[1], None, extra_columns=extra, kind="brain",
                                     root=bdir, check_space=False) as coll:
             coll._m["brain_shape"] = shape or [dis.shape[1]]  # noqa: SLF001  (committed with the shard)
             if n:
@@ -484,8 +476,21 @@ class Engine:
 TRIAL_ID_BASE = 1_000_000_000
 
 
-def _ingest(coll, batches, after=None, source: dict | None = None) -> None:
-    """Add each (shard id, batch, row count) and commit it: the unit an interrupted build resumes at.
+def image_batch(records, emb: np.ndarray, space: dict, tokens_shape) -> dict:
+    """The table rows of one embedded shard (also built by Ray workers: mindsearch.distributed)."""
+    batch = {"embedding": pool_tokens(emb, space.get("pooling")),
+             "key": [r.key for r in records],
+             "width": np.asarray([r.width for r in records], np.int32),
+             "height": np.asarray([r.height for r in records], np.int32)}
+    if records and all(r.id is not None for r in records):
+        batch["id"] = np.asarray([r.id for r in records], np.int64)
+    if tokens_shape:
+        batch["tokens"] = emb
+    return batch
+
+
+def ingest(coll, batches, after=None, source: dict | None = None) -> None:
+    """The one writer loop of every build (local, or Ray: mindsearch.distributed). Add each (shard id, batch, row count) and commit it: the unit an interrupted build resumes at.
 
     A shard with no rows (every image in it unreadable) is still finished, so a resume skips it.
     """
