@@ -40,9 +40,15 @@ def index():
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
 @click.option("--table-uri", default=None, help="Put the LanceDB table elsewhere, e.g. s3://bucket/path.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="Spread the embedding (or LAION shard reading) over N Ray workers; this process stays "
+                   "the one writer (pip install 'mindsearch[distributed]').")
+@click.option("--ray-address", default=None,
+              help="With --ray-workers: join this Ray cluster (auto, ray://host:10001) instead of starting "
+                   "a local one.")
 @click.option("--json", "as_json", is_flag=True)
 def build(name, images, embeddings, data, model, weights, output, store_tokens, kind, strict, batch_size,
-          shard_size, workers, device, root, table_uri, as_json):
+          shard_size, workers, device, root, table_uri, ray_workers, ray_address, as_json):
     """Embed and index a collection; re-running resumes an interrupted build."""
     from mindsearch.engine import Engine
     from mindsearch.errors import MindsearchError
@@ -50,14 +56,30 @@ def build(name, images, embeddings, data, model, weights, output, store_tokens, 
     if sum(x is not None for x in (images, embeddings, data)) != 1:
         raise MindsearchError("give exactly one of --images, --embeddings or --data")
     engine = Engine(root)
-    if images:
+    if ray_workers and data:
+        raise MindsearchError("--ray-workers embeds --images or reads --embeddings; --data needs no workers")
+    if ray_workers and images:
+        from mindsearch import distributed
+
+        info = distributed.build_from_images(engine.root, name, images, model=model, weights=weights,
+                                             output=output, store_tokens=store_tokens, strict=strict,
+                                             batch_size=batch_size, shard_size=shard_size, workers=ray_workers,
+                                             kind=kind, device=device, address=ray_address, progress=say,
+                                             table_uri=table_uri)
+    elif ray_workers:
+        from mindsearch import distributed
+
+        space = _precomputed_space(model, weights)
+        info = distributed.build_from_embeddings(engine.root, name, embeddings, space=space, workers=ray_workers,
+                                                 kind=kind, address=ray_address, progress=say,
+                                                 table_uri=table_uri)
+    elif images:
         info = engine.build_from_images(name, images, model=model, weights=weights, output=output,
                                         store_tokens=store_tokens, strict=strict, batch_size=batch_size,
                                         shard_size=shard_size, workers=workers, kind=kind, device=device, progress=say,
                                         table_uri=table_uri)
     elif embeddings:
-        space = {"name": f"precomputed:{model}", "model": model, "layer": "final", "pooling": "self",
-                 "weights": weights or "unknown"}
+        space = _precomputed_space(model, weights)
         info = engine.build_from_embeddings(name, embeddings, space=space, kind=kind, progress=say,
                                             table_uri=table_uri)
     else:
@@ -70,6 +92,12 @@ def build(name, images, embeddings, data, model, weights, output, store_tokens, 
                    f"{info['table_version']}, in {engine.root / name}")
         if info.get("skipped"):
             click.echo(f"{len(info['skipped'])} unreadable image(s) skipped (listed above)")
+
+
+def _precomputed_space(model, weights) -> dict:
+    """The space record of clip-retrieval / LAION embeddings: the model that made them, pooled."""
+    return {"name": f"precomputed:{model}", "model": model, "layer": "final", "pooling": "self",
+            "weights": weights or "unknown"}
 
 
 def _manifests(root):

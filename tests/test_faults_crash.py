@@ -12,7 +12,8 @@ import pytest
 from faults_kit import TINY_WORLD, run_cli, snapshot
 
 from mindsearch.data import open_dataset
-from mindsearch.io import KILL_AT_ENV, _owner, atomic_path, clean_stale, save_tensors
+from mindsearch.indexes.io import _owner  # noqa: E402  (the temporary names under test)
+from mindsearch.io import KILL_AT_ENV, atomic_path, clean_stale, save_tensors
 
 SIM = [*TINY_WORLD, "--set", "n_voxels=20"]
 

@@ -138,3 +138,19 @@ def test_ray_ingests_precomputed_embeddings_like_one_process(world, ray_cluster,
     rows2, e2, _ = _rows(tmp_path / "ray", "laion")
     assert rows1 == rows2
     np.testing.assert_array_equal(e1, e2)
+
+
+def test_cli_ray_workers_flag(world, ray_cluster, tmp_path):
+    from click.testing import CliRunner
+
+    from mindsearch.cli.main import cli
+
+    _, _, _, emb = world
+    res = CliRunner().invoke(cli, ["index", "build", "--embeddings", str(emb), "--name", "laion",
+                                   "--model", "ViT-L-14", "--root", str(tmp_path), "--ray-workers", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["count"] == 24 and info["workers"] == 2
+    res = CliRunner().invoke(cli, ["index", "build", "--data", str(tmp_path), "--name", "x", "--root",
+                                   str(tmp_path), "--ray-workers", "2"])
+    assert res.exit_code == 2 and "needs no workers" in res.output

@@ -411,6 +411,11 @@ def train_arrays(
     if steps_per_epoch < 1:
         raise MindsearchError(f"too few trials for one step of batch {cfg.batch_size} x {cfg.accumulate}")
     total_steps = steps_per_epoch * cfg.epochs
+    effective_batch = per_subject_bs * len(subjects) * cfg.accumulate
+    if progress and accelerator.is_main_process:
+        # what ran where: a multi-process launch splits each global batch, it does not multiply it
+        tqdm.write(f"device {device}, {world} process(es), {local_bs * len(subjects)} samples per process "
+                   f"per micro-step, effective batch {effective_batch}", file=sys.stderr)
 
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.lr, total_steps, cfg.epochs)
@@ -519,6 +524,8 @@ def train_arrays(
         "val": val_res,
         "history": history,
         "device": str(device),
+        "world_size": world,
+        "effective_batch": effective_batch,
         "mixed_precision": mp,
         "n_params": sum(p.numel() for p in raw.parameters()),
         "n_trainable": sum(p.numel() for p in raw.parameters() if p.requires_grad),
