@@ -34,10 +34,9 @@ def serve(root, runs, data, host, port, token, model, weights, max_body_mb, no_r
     from mindsearch import config
     from mindsearch.errors import MindsearchError
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise MindsearchError("`mindsearch serve` needs the serve extra: pip install 'mindsearch[serve]'") from None
+    from mindsearch.errors import require
+
+    uvicorn = require("uvicorn", "serve", "`mindsearch serve`")
     from mindsearch.service.app import create_app
     from mindsearch.service.backend import Backend
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from mindsearch.cli.common import (check_out_dir, emit_json, parse_ints, parse_settings, peak_rss_mib,
@@ -72,6 +74,8 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
                                     from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
                                     batch_size=batch_size, device=device, seed=seed, resume=resume,
                                     progress=say, vae=vae, vae_size=vae_size, **overrides)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under `accelerate launch` / torchrun only rank 0 reports (one summary, one JSON)
     say(f"peak memory {peak_rss_mib():.0f} MiB")
     if as_json:
         emit_json(summary)

@@ -41,10 +41,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     A session this call started is shut down on exit; one that was already running (e.g. the
     caller's own ``ray.init``) is left alone.
     """
-    try:
-        import ray
-    except ImportError:
-        raise MindsearchError("distributed builds need Ray: pip install 'mindsearch[distributed]'") from None
+    from mindsearch.errors import require
+
+    ray = require("ray", "distributed", "distributed builds")
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}

@@ -15,4 +15,18 @@ class MindsearchError(InputError):
     """A problem with the user's input, reported as ``<file>: <problem>``."""
 
 
-__all__ = ["InputError", "MindsearchError"]
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency, or fail with one line naming the extra that installs it.
+
+    ``require("ray", "distributed", "distributed builds")`` -> the module, or
+    ``MindsearchError: distributed builds: ray is not installed: pip install 'mindsearch[distributed]'``.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MindsearchError(f"{what}: {module} is not installed: pip install 'mindsearch[{extra}]'") from None
+
+
+__all__ = ["InputError", "MindsearchError", "require"]

@@ -112,3 +112,11 @@ def test_wheel_installs_one_namespace(tmp_path):
     assert not any("bench_" in n for n in names)
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert b"mindsearch.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0])
+
+
+def test_a_missing_optional_dependency_names_its_extra():
+    from mindsearch.errors import MindsearchError, require
+
+    assert require("json", "serve", "x").dumps([1]) == "[1]"
+    with pytest.raises(MindsearchError, match=r"pip install 'mindsearch\[serve\]'"):
+        require("mindsearch_no_such_module", "serve", "`mindsearch serve`")

@@ -33,7 +33,9 @@ def _accelerate() -> list[str]:
     exe = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("the accelerate launcher is not installed")
-    return [exe, "launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+    # --multi_gpu is accelerate's torchrun launcher; on a machine without GPUs (and with
+    # ACCELERATE_USE_CPU) the processes form a gloo group (MULTI_CPU). `--cpu` would run ONE process.
+    return [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mindsearch.cli.main"]
 
 
@@ -61,9 +63,8 @@ def test_two_processes_train_like_one(sim, tmp_path):
     # The same optimiser steps over the same global batches.
     assert two["global_step"] == one["global_step"] > 0
     assert two["steps_per_epoch"] == one["steps_per_epoch"]
-    if "world_size" in two:
-        assert (two["world_size"], one["world_size"]) == (2, 1)
-        assert two["effective_batch"] == one["effective_batch"] == 32
+    assert (two["world_size"], one["world_size"]) == (2, 1)  # really two processes
+    assert two["effective_batch"] == one["effective_batch"] == 32
 
     # One writer: the same files as the single-process run, no temporary or checkpoint leftovers.
     names = sorted(p.name for p in (tmp_path / "two").iterdir())

@@ -148,11 +148,9 @@ def _short(exc: BaseException) -> str:
 
 
 def need_nibabel():
-    try:
-        import nibabel
-    except ImportError:
-        raise MindsearchError("reading NSD's NIfTI files needs nibabel: pip install 'mindsearch[nsd]'") from None
-    return nibabel
+    from mindsearch.errors import require
+
+    return require("nibabel", "nsd", "reading NSD's NIfTI files")
 
 
 # -- the design --------------------------------------------------------------------------
