@@ -272,3 +272,25 @@ def test_page_answers_a_query_in_a_real_browser(server, tmp_path):
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+def test_uploaded_images_are_encoded_and_checked_against_the_store(world, tmp_path):
+    """serve --model/--weights: an upload is decoded and encoded; a store from another space is refused."""
+    from PIL import Image
+
+    from mindsearch.service.backend import Backend, Refused
+
+    cfg = tmp_path / "mindsearch-test-service-vit.json"
+    cfg.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                               "patch_size": 8, "head_width": 16},
+                               "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
+                                            "layers": 1}}))
+    backend = Backend(world["indexes"], runs=[world["run"]], image_model=str(cfg), image_weights="random:0")
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+    with pytest.raises(Refused) as bad:
+        backend.brain({"store": "test-trials"}, b"\x89PNG not really")
+    assert bad.value.status == 400 and "not a readable image" in bad.value.problem
+    with pytest.raises(Refused) as other_space:
+        backend.brain({"store": "test-trials"}, buf.getvalue())
+    assert other_space.value.status == 422 and "cannot be compared" in other_space.value.problem
