@@ -239,6 +239,7 @@ class Backend:
         zscore = bool_arg(args.get("zscore"), "zscore", True)
         rerank = bool_arg(args.get("rerank"), "rerank", None)
         kind = args.get("kind")
+        extra = self._engine_options(args)
         given = [key for key in ("voxels", "embedding", "trial") if args.get(key) is not None]
         if array is not None:
             if kind not in (None, "voxels", "embedding"):
@@ -253,7 +254,7 @@ class Backend:
             truth = None
             if kind == "embedding":
                 emb = as_array(array if array is not None else args["embedding"], "embeddings", 3)
-                blocks = self._engine_call(lambda: self.engine.search(index, emb, k=k, rerank=rerank))
+                blocks = self._engine_call(lambda: self.engine.search(index, emb, k=k, rerank=rerank, **extra))
             else:
                 run = self.run(args.get("run"))
                 if kind == "trial":
@@ -266,11 +267,21 @@ class Backend:
                     raise Refused(f"{len(session)} sessions for {len(x)} rows", 422, "wrong_shape")
                 blocks = self._engine_call(lambda: self.engine.query(
                     index, x, run, k=k, subject=subject, session=session, zscore=zscore, rerank=rerank,
-                    source="request"))
+                    source="request", **extra))
         out = {"hits": [[hit_dict(h) for h in block] for block in blocks]}
         if truth is not None:
             out["truth"] = truth
         return out
+
+    def _engine_options(self, args: dict) -> dict:
+        """Search settings passed through when this engine has them (``shortlist``: the re-rank pool)."""
+        import inspect
+
+        if args.get("shortlist") in (None, ""):
+            return {}
+        if "shortlist" not in inspect.signature(self.engine.search).parameters:
+            raise Refused("this engine has no shortlist setting", 400, "bad_argument")
+        return {"shortlist": int_arg(args["shortlist"], "shortlist", low=1, high=100_000)}
 
     def _engine_call(self, fn):
         try:
