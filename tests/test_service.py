@@ -208,15 +208,32 @@ def test_thumbnails_indexes_runs_and_brain_retrieval(world, server, trials):
     assert {"trial", "image_id", "session", "score"} <= set(hits[0])
 
 
-def test_new_index_is_served_without_restart(world, server, tmp_path):
-    shutil.copytree(world["indexes"] / INDEX, world["indexes"] / "copy")
+def test_new_and_changed_indexes_are_served_without_restart(world, server):
+    from mindsearch.data import open_dataset
+    from mindsearch.engine import Engine
+    from mindsearch.indexes.collection import Collection
+
+    Engine(world["indexes"]).build_from_dataset("late", world["data"])
     try:
         names = [i["name"] for i in call(server, "/v1/indexes")[2]["indexes"]]
-        assert names == ["copy", INDEX]
-        status, _, answer = post_json(server, "/v1/query", {"trial": [0], "k": 5, "index": "copy"})
-        assert status == 200 and len(answer["hits"][0]) == 5
+        assert names == ["late", INDEX]
+        with open_dataset(world["data"]) as ds:
+            image = int(ds.target_ids[0])
+            tokens = ds.targets([image])
+        status, _, before = post_json(server, "/v1/query", {"embedding": tokens.tolist(), "k": 2, "index": "late"})
+        assert status == 200 and before["hits"][0][0]["id"] == image
+        # A new version of the index: the same image stored again under a new id.
+        coll = Collection.open(world["indexes"], "late")
+        coll.add({"id": np.array([99999]), "embedding": tokens[:, 0], "tokens": tokens, "key": ["again"]},
+                 shard="again")
+        coll.finish_shard("again")
+        coll.build_index()
+        status, _, after = post_json(server, "/v1/query", {"embedding": tokens.tolist(), "k": 2, "index": "late"})
+        assert status == 200
+        assert {h["id"] for h in after["hits"][0]} == {image, 99999}
+        assert after["hits"][0][0]["index_version"] > before["hits"][0][0]["index_version"]
     finally:
-        shutil.rmtree(world["indexes"] / "copy")
+        shutil.rmtree(world["indexes"] / "late")
 
 
 def _first_id(server, trials):
