@@ -135,9 +135,10 @@ class Backend:
         from mindsearch.runs import open_run
 
         run = open_run(Path(path).resolve())
-        name = run.path.name
-        while name in self.runs and self.runs[name].path != run.path:
-            name = f"{run.path.parent.name}/{name}" if "/" not in name else name + "'"
+        name, n = run.path.name, 1
+        while name in self.runs and self.runs[name].path != run.path:  # two runs called "ridge"
+            n += 1
+            name = f"{run.path.name}-{n}"
         self.runs[name] = run
         return name
 
