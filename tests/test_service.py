@@ -260,7 +260,7 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_page_answers_a_query_in_a_real_browser(server, tmp_path):
+def test_page_answers_a_query_in_a_real_browser(server, trials, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -286,6 +286,15 @@ def test_page_answers_a_query_in_a_real_browser(server, tmp_path):
         assert all(w > 0 for w in sizes)  # every thumbnail decoded
         truth = browser.find_element(By.CSS_SELECTOR, "#truth figcaption").text
         assert truth == f"image {answer['truth'][0]}"
+        # Upload an exported .npy instead: the page shows the first row's hits.
+        browser.execute_script("document.getElementById('hits').innerHTML = ''")
+        browser.find_element(By.ID, "npy").send_keys(str(trials))
+        browser.find_element(By.ID, "search").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#hits img[data-loaded='1']")) == 12)
+        shown = [int(f.get_attribute("data-id")) for f in browser.find_elements(By.CSS_SELECTOR, "#hits .hit")]
+        status, _, answer = call(server, f"/v1/query?k=12&index={INDEX}", body=trials.read_bytes(),
+                                 content_type="application/x-npy")
+        assert shown == [h["id"] for h in answer["hits"][0]]
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
