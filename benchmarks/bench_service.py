@@ -22,11 +22,17 @@ encode cost is a true (V x 768) product.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS/OpenMP thread, here and in the server and CLI processes started from here (they
+# inherit the environment): set before numpy loads, or BLAS threads contend on a busy machine.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
 import http.client
 import io
 import json
-import os
 import platform
 import socket
 import statistics
@@ -214,9 +220,15 @@ def bench_size(n: int, kind: str, params: dict, args, synth: Synth, tmp: Path) -
         row["bare_faiss"] = summary(timed(lambda i: fi.search(index, qv, K), reps, b), nq)
         row["encode_faiss"] = summary(timed(lambda i: encode_search(v), reps, b), nq)
         row["engine"] = summary(timed(lambda i: engine.query(name, v, run, k=K, session=1), reps, b), nq)
+        if nq == 1:  # where the engine's time goes beyond encode + faiss
+            ids = fi.search(index, qv, K)[0]
+            row["engine_open_ms"] = summary(timed(lambda i: engine.open(name), 20, b), 1)["p50_ms"]
+            row["fetch_paths_ms"] = summary(timed(lambda i: coll.fetch(ids, ["key"]), 20, b), 1)["p50_ms"]
         rows.append(row)
         print(f"[{n}] {nq} queries: bare {row['bare_faiss']['p50_ms']} ms, encode+faiss "
-              f"{row['encode_faiss']['p50_ms']} ms, engine {row['engine']['p50_ms']} ms", flush=True)
+              f"{row['encode_faiss']['p50_ms']} ms, engine {row['engine']['p50_ms']} ms"
+              + (f" (Engine.open {row['engine_open_ms']} ms, path fetch {row['fetch_paths_ms']} ms)"
+                 if nq == 1 else ""), flush=True)
 
     # HTTP and the cold CLI against a real `mindsearch serve`.
     home = tmp / f"home{n}"
@@ -291,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.exact_n, args.hnsw_n, args.voxels, args.budget, args.cli_reps = 20_000, 100_000, 4000, 3.0, 2
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     synth = Synth(args.dim, args.seed)
     load0 = os.getloadavg()
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """`mindsearch serve` as clients meet it: a real uvicorn server on a free loopback port, the same
 hits as the CLI, a 4xx naming the problem for every bad request, a bearer token, the page."""
 
+import http.client
 import io
 import json
 import shutil
@@ -124,7 +125,6 @@ def bad_requests(world):
     np.lib.format.write_array(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     nan = good.copy()
     nan[0, 3] = np.nan
-    big = b"\x93NUMPY" + b"\0" * (3 << 19)  # 1.5 MiB; the test server takes 1 MiB
     j = "application/json"
     n = "application/x-npy"
     return {
@@ -137,7 +137,6 @@ def bad_requests(world):
         "malformed .npy": ("/v1/query", b"\x93NUMPY\x01\x00garbage", n, 400, ".npy"),
         "not .npy at all": ("/v1/query", b"hello", n, 400, ".npy"),
         "pickled objects": ("/v1/query", obj.getvalue(), n, 400, ".npy"),
-        "oversized body": ("/v1/query", big, n, 413, "limit"),
         "malformed JSON": ("/v1/query", "{not json", j, 400, "JSON"),
         "ragged JSON": ("/v1/query", json.dumps({"voxels": [[1.0, 2.0], [1.0]]}), j, 400, "rectangular"),
         "k out of range": ("/v1/query?k=0", npy_bytes(good), n, 400, "k"),
@@ -157,6 +156,23 @@ def bad_requests(world):
     }
 
 
+def oversized(server, size: int = 3 << 19):
+    """Announce a 1.5 MiB body (the test server takes 1 MiB) and read the answer before sending it,
+    as a client using Expect: 100-continue would: the refusal must not wait for the body."""
+    host, port = server.rsplit("/", 1)[-1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("POST", "/v1/query")
+        for key, value in (("Authorization", "Bearer test-token"), ("Content-Type", "application/x-npy"),
+                           ("Content-Length", str(size))):
+            conn.putheader(key, value)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
 def test_every_bad_request_gets_a_4xx_naming_the_problem(world, server, trials):
     for name, (route, body, ctype, want, words) in bad_requests(world).items():
         data = body.encode() if isinstance(body, str) else body
@@ -164,13 +180,18 @@ def test_every_bad_request_gets_a_4xx_naming_the_problem(world, server, trials):
         assert status == want, (name, status, answer)
         assert isinstance(answer, dict) and words.lower() in answer["error"].lower(), (name, answer)
         assert "Traceback" not in answer["error"]
+    status, answer = oversized(server)
+    assert status == 413 and "limit" in answer["error"]
     assert call(server, "/healthz")[0] == 200
 
 
 def test_two_hundred_bad_requests_do_not_take_it_down(world, server, trials):
-    cases = [c for c in bad_requests(world).values() ]
+    cases = list(bad_requests(world).values())
     t0 = time.monotonic()
     for i in range(200):
+        if i % 25 == 0:
+            assert oversized(server)[0] == 413
+            continue
         route, body, ctype, want, _ = cases[i % len(cases)]
         status = call(server, route, body=body.encode() if isinstance(body, str) else body, content_type=ctype,
                       timeout=30)[0]
@@ -208,15 +229,32 @@ def test_thumbnails_indexes_runs_and_brain_retrieval(world, server, trials):
     assert {"trial", "image_id", "session", "score"} <= set(hits[0])
 
 
-def test_new_index_is_served_without_restart(world, server, tmp_path):
-    shutil.copytree(world["indexes"] / INDEX, world["indexes"] / "copy")
+def test_new_and_changed_indexes_are_served_without_restart(world, server):
+    from mindsearch.data import open_dataset
+    from mindsearch.engine import Engine
+    from mindsearch.indexes.collection import Collection
+
+    Engine(world["indexes"]).build_from_dataset("late", world["data"])
     try:
         names = [i["name"] for i in call(server, "/v1/indexes")[2]["indexes"]]
-        assert names == ["copy", INDEX]
-        status, _, answer = post_json(server, "/v1/query", {"trial": [0], "k": 5, "index": "copy"})
-        assert status == 200 and len(answer["hits"][0]) == 5
+        assert names == ["late", INDEX]
+        with open_dataset(world["data"]) as ds:
+            image = int(ds.target_ids[0])
+            tokens = ds.targets([image])
+        status, _, before = post_json(server, "/v1/query", {"embedding": tokens.tolist(), "k": 2, "index": "late"})
+        assert status == 200 and before["hits"][0][0]["id"] == image
+        # A new version of the index: the same image stored again under a new id.
+        coll = Collection.open(world["indexes"], "late")
+        coll.add({"id": np.array([99999]), "embedding": tokens[:, 0], "tokens": tokens, "key": ["again"]},
+                 shard="again")
+        coll.finish_shard("again")
+        coll.build_index()
+        status, _, after = post_json(server, "/v1/query", {"embedding": tokens.tolist(), "k": 2, "index": "late"})
+        assert status == 200
+        assert {h["id"] for h in after["hits"][0]} == {image, 99999}
+        assert after["hits"][0][0]["index_version"] > before["hits"][0][0]["index_version"]
     finally:
-        shutil.rmtree(world["indexes"] / "copy")
+        shutil.rmtree(world["indexes"] / "late")
 
 
 def _first_id(server, trials):
@@ -243,7 +281,7 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_page_answers_a_query_in_a_real_browser(server, tmp_path):
+def test_page_answers_a_query_in_a_real_browser(server, trials, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -269,6 +307,37 @@ def test_page_answers_a_query_in_a_real_browser(server, tmp_path):
         assert all(w > 0 for w in sizes)  # every thumbnail decoded
         truth = browser.find_element(By.CSS_SELECTOR, "#truth figcaption").text
         assert truth == f"image {answer['truth'][0]}"
+        # Upload an exported .npy instead: the page shows the first row's hits.
+        browser.execute_script("document.getElementById('hits').innerHTML = ''")
+        browser.find_element(By.ID, "npy").send_keys(str(trials))
+        browser.find_element(By.ID, "search").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#hits img[data-loaded='1']")) == 12)
+        shown = [int(f.get_attribute("data-id")) for f in browser.find_elements(By.CSS_SELECTOR, "#hits .hit")]
+        status, _, answer = call(server, f"/v1/query?k=12&index={INDEX}", body=trials.read_bytes(),
+                                 content_type="application/x-npy")
+        assert shown == [h["id"] for h in answer["hits"][0]]
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+def test_uploaded_images_are_encoded_and_checked_against_the_store(world, tmp_path):
+    """serve --model/--weights: an upload is decoded and encoded; a store from another space is refused."""
+    from PIL import Image
+
+    from mindsearch.service.backend import Backend, Refused
+
+    cfg = tmp_path / "mindsearch-test-service-vit.json"
+    cfg.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                               "patch_size": 8, "head_width": 16},
+                               "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
+                                            "layers": 1}}))
+    backend = Backend(world["indexes"], runs=[world["run"]], image_model=str(cfg), image_weights="random:0")
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+    with pytest.raises(Refused) as bad:
+        backend.brain({"store": "test-trials"}, b"\x89PNG not really")
+    assert bad.value.status == 400 and "not a readable image" in bad.value.problem
+    with pytest.raises(Refused) as other_space:
+        backend.brain({"store": "test-trials"}, buf.getvalue())
+    assert other_space.value.status == 422 and "cannot be compared" in other_space.value.problem

@@ -28,23 +28,33 @@ PUBLIC = ("/", "/healthz", "/favicon.ico")
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 
 
-def error(status: int, problem: str, code: str):
-    return JSONResponse({"error": problem, "code": code}, status_code=status)
+def error(status: int, problem: str, code: str, headers: dict | None = None):
+    return JSONResponse({"error": problem, "code": code}, status_code=status, headers=headers)
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``limit`` bytes (declared or streamed) with a 413."""
+class Gate:
+    """Pure ASGI middleware in front of every route: the bearer token, the body limit (declared
+    or streamed), Prometheus timing, and a JSON 500 (never a traceback) for anything unforeseen."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, *, token: str, limit: int, metrics: "Metrics"):
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await error(413, f"request body over the limit of {self.limit} bytes",
-                               "too_large")(scope, receive, send)
+        t = time.perf_counter()
+        path = scope["path"]
+        headers = dict(scope.get("headers") or [])
+        status = 500
+        started = False
+
+        async def sending(message):
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
         seen = 0
 
         async def counted():
@@ -55,10 +65,28 @@ class BodyLimit:
                 raise _TooLarge(self.limit)
             return message
 
+        declared = headers.get(b"content-length")
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await error(413, f"request body over the limit of {self.limit} bytes", "too_large")(scope, receive, send)
+            if not (path in PUBLIC or path.startswith("/static/")
+                    or hmac.compare_digest(headers.get(b"authorization", b""), self.expected)):
+                await error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)", "unauthorized",
+                            {"WWW-Authenticate": "Bearer"})(scope, receive, sending)
+            elif declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+                await error(413, f"request body over the limit of {self.limit} bytes", "too_large")(
+                    scope, receive, sending)
+            else:
+                await self.app(scope, counted, sending)
+        except Exception as exc:  # the service keeps serving; the client gets one JSON line
+            if isinstance(exc, Refused):
+                problem, code, code_status = exc.problem, exc.code, exc.status
+            else:
+                log.exception("internal error on %s", path)
+                problem, code, code_status = (f"internal error ({type(exc).__name__}); the service is still "
+                                              "running", "internal", 500)
+            if not started:
+                await error(code_status, problem, code)(scope, receive, sending)
+        route = scope.get("route")
+        self.metrics.observe(getattr(route, "path", "other"), scope["method"], status, time.perf_counter() - t)
 
 
 class _TooLarge(Refused):
@@ -97,27 +125,6 @@ def create_app(backend: Backend, token: str, *, max_body: int = MAX_BODY):
     app = FastAPI(title="mindsearch", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics()
     static = resources.files("mindsearch.service") / "static"
-    expected = f"Bearer {token}".encode()
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t = time.perf_counter()
-        path = request.url.path
-        given = request.headers.get("authorization", "").encode()
-        if not (path in PUBLIC or path.startswith("/static/") or hmac.compare_digest(given, expected)):
-            response = error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)", "unauthorized")
-            response.headers["WWW-Authenticate"] = "Bearer"
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # never a traceback to the client; the service keeps serving
-                log.exception("internal error on %s", path)
-                response = error(500, f"internal error ({type(exc).__name__}); the service is still running",
-                                 "internal")
-        route = request.scope.get("route")
-        metrics.observe(getattr(route, "path", "other"), request.method, response.status_code,
-                        time.perf_counter() - t)
-        return response
 
     @app.exception_handler(Refused)
     async def refused(request, exc: Refused):
@@ -182,24 +189,25 @@ def create_app(backend: Backend, token: str, *, max_body: int = MAX_BODY):
     @app.post("/v1/query")
     async def query(request: Request):
         args, array = await arguments(request)
-        return await run_in_threadpool(backend.query, args, array)
+        # JSONResponse straight away: FastAPI's jsonable_encoder costs ms on thousands of hits
+        return JSONResponse(await run_in_threadpool(backend.query, args, array))
 
     @app.post("/v1/brain")
     async def brain(request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype.startswith("image/"):
             image = await request.body()
-            return await run_in_threadpool(backend.brain, dict(request.query_params), image)
+            return JSONResponse(await run_in_threadpool(backend.brain, dict(request.query_params), image))
         if ctype == "multipart/form-data":
             form = await request.form()
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 raise Refused("the form has no file field named image", 400, "missing")
             image = await upload.read()
-            return await run_in_threadpool(backend.brain, {**request.query_params, **{
-                k: v for k, v in form.items() if isinstance(v, str)}}, image)
+            return JSONResponse(await run_in_threadpool(backend.brain, {**request.query_params, **{
+                k: v for k, v in form.items() if isinstance(v, str)}}, image))
         args, _ = await arguments(request)
-        return await run_in_threadpool(backend.brain, args)
+        return JSONResponse(await run_in_threadpool(backend.brain, args))
 
     @app.get("/images/{index}/{ident}")
     def image(index: str, ident: str, size: str | None = None):
@@ -226,7 +234,7 @@ def create_app(backend: Backend, token: str, *, max_body: int = MAX_BODY):
             raise Refused(f"no static file {name!r}", 404, "not_found")
         return Response(files[name].read_bytes(), media_type=kinds[suffix])
 
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(Gate, token=token, limit=max_body, metrics=metrics)
     app.state.backend = backend
     app.state.metrics = metrics
     return app

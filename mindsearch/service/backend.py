@@ -135,9 +135,10 @@ class Backend:
         from mindsearch.runs import open_run
 
         run = open_run(Path(path).resolve())
-        name = run.path.name
-        while name in self.runs and self.runs[name].path != run.path:
-            name = f"{run.path.parent.name}/{name}" if "/" not in name else name + "'"
+        name, n = run.path.name, 1
+        while name in self.runs and self.runs[name].path != run.path:  # two runs called "ridge"
+            n += 1
+            name = f"{run.path.name}-{n}"
         self.runs[name] = run
         return name
 
@@ -235,9 +236,8 @@ class Backend:
         session = sessions_arg(args.get("session"))
         zscore = bool_arg(args.get("zscore"), "zscore", True)
         rerank = bool_arg(args.get("rerank"), "rerank", None)
-        # the re-rank shortlist, independent of k (MindEye1's LAION procedure re-ranks 16)
-        shortlist = int_arg(args.get("shortlist"), "shortlist", low=1, high=MAX_K) or 16
         kind = args.get("kind")
+        extra = self._engine_options(args)
         given = [key for key in ("voxels", "embedding", "trial") if args.get(key) is not None]
         if array is not None:
             if kind not in (None, "voxels", "embedding"):
@@ -252,8 +252,7 @@ class Backend:
             truth = None
             if kind == "embedding":
                 emb = as_array(array if array is not None else args["embedding"], "embeddings", 3)
-                blocks = self._engine_call(lambda: self.engine.search(index, emb, k=k, rerank=rerank,
-                                                                    shortlist=shortlist))
+                blocks = self._engine_call(lambda: self.engine.search(index, emb, k=k, rerank=rerank, **extra))
             else:
                 run = self.run(args.get("run"))
                 if kind == "trial":
@@ -266,11 +265,21 @@ class Backend:
                     raise Refused(f"{len(session)} sessions for {len(x)} rows", 422, "wrong_shape")
                 blocks = self._engine_call(lambda: self.engine.query(
                     index, x, run, k=k, subject=subject, session=session, zscore=zscore, rerank=rerank,
-                    source="request", shortlist=shortlist))
+                    source="request", **extra))
         out = {"hits": [[hit_dict(h) for h in block] for block in blocks]}
         if truth is not None:
             out["truth"] = truth
         return out
+
+    def _engine_options(self, args: dict) -> dict:
+        """Search settings passed through when this engine has them (``shortlist``: the re-rank pool)."""
+        import inspect
+
+        if args.get("shortlist") in (None, ""):
+            return {}
+        if "shortlist" not in inspect.signature(self.engine.search).parameters:
+            raise Refused("this engine has no shortlist setting", 400, "bad_argument")
+        return {"shortlist": int_arg(args["shortlist"], "shortlist", low=1, high=100_000)}
 
     def _engine_call(self, fn):
         try:

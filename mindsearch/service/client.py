@@ -63,9 +63,10 @@ def query(url: str, token: str | None, *, npy: bytes | None = None, payload: dic
 
 def query_service(*, voxels=None, embedding=None, trial_voxels=None, k: int = 16, index=None, run=None,
                   subject=None, session=None, zscore: bool = True, rerank=None,
-                  shortlist: int | None = None) -> list[list[dict]] | None:
+                  **settings) -> list[list[dict]] | None:
     """``mindsearch query`` through the service the config names; None: answer in-process instead
-    (no service recorded, none answering, or it does not serve this index or run)."""
+    (no service recorded, none answering, or it does not serve this index or run). ``settings``
+    (e.g. ``shortlist=16``) travel as query parameters."""
     import sys
     from pathlib import Path
 
@@ -93,7 +94,7 @@ def query_service(*, voxels=None, embedding=None, trial_voxels=None, k: int = 16
     params = {"kind": "embedding" if embedding else "voxels", "k": k, "index": index,
               "run": str(Path(run).resolve()) if run and not embedding else None, "subject": subject,
               "session": session, "zscore": None if zscore else "false",
-              "rerank": None if rerank is None else str(bool(rerank)).lower(), "shortlist": shortlist}
+              "rerank": None if rerank is None else str(bool(rerank)).lower(), **settings}
     try:
         return query(url, service.get("token"), npy=body, params=params)
     except ServiceError as exc:
