@@ -219,3 +219,28 @@ def test_reconstruct_help_imports_no_heavy_library():
             "print('HEAVY:' + ','.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_clip_ranking_rebuilds_the_runs_encoder_and_picks_the_closest(tmp_path):
+    pytest.importorskip("open_clip")
+    from mindsearch.image_encoders import ImageEncoder
+    from mindsearch.reconstruct.ranking import choose_ranking
+
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    path = tmp_path / "tiny-vit-recon.json"
+    path.write_text(json.dumps(cfg))
+    enc = ImageEncoder.create(path, output="hidden", weights="random:0")
+    ranking = choose_ranking("auto", space=enc.space, have_blurry=False)
+    assert ranking.name == "clip" and ranking.info["space"] == enc.space
+    images = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    own = ranking.embed(images)
+    assert own.shape == (4, 5 * 16)  # 1 + (32/16)^2 tokens, projected to 16
+    for target in range(4):
+        assert best_of(ranking.score(images, own[target].reshape(5, 16))) == target
+    # weights that are not the space's are refused, not silently used
+    other = {**enc.space, "weights": "0123456789abcdef"}
+    assert choose_ranking("auto", space=other, have_blurry=True).name == "blurry"
+    with pytest.raises(MindsearchError, match="--clip PATH"):
+        choose_ranking("clip", space=other, have_blurry=True)
