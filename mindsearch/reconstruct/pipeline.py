@@ -88,6 +88,7 @@ class TrialReconstruction:
     blurry: np.ndarray | None = None
     init: str | None = None  # what img2img started from
     retrieved: list = field(default_factory=list)  # engine Hits, best first
+    top_retrieved: np.ndarray | None = None  # the first hit's pixels
 
     @property
     def image(self) -> np.ndarray:
@@ -191,7 +192,9 @@ class ReconstructionPipeline:
             from mindsearch.reconstruct.components import save_random_tiny_vae
 
             with tempfile.TemporaryDirectory() as tmp:
-                return ImageAutoencoder.load(save_random_tiny_vae(f"{tmp}/vae"), device=device)
+                loaded = ImageAutoencoder.load(save_random_tiny_vae(f"{tmp}/vae"), device=device)
+            loaded.source = "random-tiny"
+            return loaded
         return ImageAutoencoder.load(vae, device=device)
 
     # ------------------------------------------------------------------ the steps
@@ -254,7 +257,7 @@ class ReconstructionPipeline:
                 for c in retrieved:
                     c.score = c.index_score
                 trials.append(TrialReconstruction(i, seed, retrieved, 0, blurry=None if blurry is None else blurry[i],
-                                                  retrieved=hits[i]))
+                                                  retrieved=hits[i], top_retrieved=_first_image(retrieved)))
                 bar.update(1)
                 continue
             init_name, init_img = settings.init, None
@@ -278,7 +281,8 @@ class ReconstructionPipeline:
                     c.score = float(s)
                 chosen = best_of([c.score for c in cands])
             trials.append(TrialReconstruction(i, seed, cands, chosen, blurry=None if blurry is None else blurry[i],
-                                              init=init_name, retrieved=hits[i]))
+                                              init=init_name, retrieved=hits[i],
+                                              top_retrieved=_first_image(retrieved)))
             bar.update(1)
         bar.close()
         seconds = time.perf_counter() - t0
@@ -338,3 +342,7 @@ def _grouped_order(cands):
         if c.image.shape not in shapes:
             shapes.append(c.image.shape)
     return [c for s in shapes for c in cands if c.image.shape == s]
+
+
+def _first_image(candidates):
+    return candidates[0].image if candidates else None

@@ -72,9 +72,7 @@ def write_trials(tmp: Path, output, rows: list[dict], truth: np.ndarray | None) 
         rec["chosen_index"] = tr.chosen
         rec["chosen"] = str(save_png(tmp / "chosen" / f"{stem}.png", tr.image).relative_to(tmp))
         rec["retrieved"] = [{"rank": h.rank, "id": h.id, "score": h.score, "key": h.path} for h in tr.retrieved]
-        if tr.retrieved:
-            top = next((c for c in tr.candidates if c.source == "retrieved" and c.image_id == tr.retrieved[0].id), None)
-            if top is not None:
-                rec["top_retrieved"] = str(save_png(tmp / "retrieved" / f"{stem}.png", top.image).relative_to(tmp))
+        if tr.top_retrieved is not None:
+            rec["top_retrieved"] = str(save_png(tmp / "retrieved" / f"{stem}.png", tr.top_retrieved).relative_to(tmp))
         records.append(rec)
     return records
