@@ -17,7 +17,7 @@ import numpy as np
 from mindsearch.errors import MindsearchError
 
 
-def _select(run, *, voxels, data, ds, trials, subject, limit):
+def _select(run, *, voxels, data, ds, trials, subject, limit, session=None, zscore=True):
     """-> (voxels, zscore, sessions, rows, truth, source) for the chosen trials."""
     if (voxels is None) == (data is None):
         raise MindsearchError("give exactly one of --voxels or --data")
@@ -31,7 +31,10 @@ def _select(run, *, voxels, data, ds, trials, subject, limit):
             x = x[:limit]
         rows = [{"stem": f"row{i:05d}", "row": i, "subject": subject, "trial": None, "image_id": None}
                 for i in range(len(x))]
-        return np.asarray(x, np.float32), True, None, rows, None, str(voxels if not isinstance(voxels, np.ndarray) else "<array>")
+        for r in rows:
+            r["session"] = session
+        src = "<array>" if isinstance(voxels, np.ndarray) else str(voxels)
+        return np.asarray(x, np.float32), zscore, session, rows, None, src
     if trials in (None, "test"):
         from mindsearch.data.preprocess import load_split
 
@@ -65,6 +68,7 @@ def _select(run, *, voxels, data, ds, trials, subject, limit):
 
 
 def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int | None = None,
+                session: int | None = None, zscore: bool = True,
                 vd=None, vae=None, ranking: str = "auto", clip=None, index=None, root=None, images=None,
                 limit: int | None = None, settings=None, device: str = "cpu", progress=None,
                 show_progress: bool = True, page: bool = True) -> dict:
@@ -88,7 +92,8 @@ def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int
         ds = open_dataset(data)
     try:
         x, zscore, sessions, rows, truth, source = _select(run, voxels=voxels, data=data, ds=ds, trials=trials,
-                                                           subject=subject, limit=limit)
+                                                           subject=subject, limit=limit, session=session,
+                                                           zscore=zscore)
         subject = rows[0]["subject"] if rows else run.subject
         run.check_voxels(x, subject, source)  # before any component loads
         pipe = ReconstructionPipeline.from_run(run, vd=vd, vae=vae, ranking=ranking, clip=clip, data=ds,
