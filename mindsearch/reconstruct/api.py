@@ -69,7 +69,7 @@ def _select(run, *, voxels, data, ds, trials, subject, limit, session=None, zsco
 def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int | None = None,
                 session: int | None = None, zscore: bool = True,
                 vd=None, vae=None, ranking: str = "auto", clip=None, index=None, root=None, images=None,
-                limit: int | None = None, settings=None, device: str = "cpu", progress=None,
+                limit: int | None = None, settings=None, device: str = "cpu", dtype: str = "fp32", progress=None,
                 show_progress: bool = True, page: bool = True) -> dict:
     """Reconstruct and write OUT (see ``mindsearch.reconstruct.writer``); returns the manifest."""
     from mindsearch.io import atomic_path, write_json
@@ -98,7 +98,7 @@ def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int
         run.check_voxels(x, subject, source)  # before any component loads
         pipe = ReconstructionPipeline.from_run(run, vd=vd, vae=vae, ranking=ranking, clip=clip, data=ds,
                                                index=index, root=root, images=images, settings=settings,
-                                               device=device, progress=progress)
+                                               device=device, dtype=dtype, progress=progress)
         manifest = {"format": FORMAT, "run": str(run.path), "space": run.space, "subject": subject,
                     "source": source, "trials_selected": _describe_trials(voxels, trials)}
         stats: dict = {}
@@ -121,7 +121,7 @@ def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int
                 settings=result.settings, ranking=result.ranking, conditioning=result.conditioning,
                 components=result.components,
                 random_components=bool(pipe.components is not None and pipe.components.is_random),
-                lowlevel_vae=result.lowlevel_vae, index=result.index, device=device, trials=records,
+                lowlevel_vae=result.lowlevel_vae, index=result.index, device=device, dtype=dtype, trials=records,
                 summary={"trials": len(rows), "generated": result.generated,
                          "seconds": time.perf_counter() - t0, "generation_seconds": stats["gen_seconds"],
                          "images_per_second": result.images_per_second,

@@ -127,7 +127,7 @@ class ReconstructionPipeline:
     @classmethod
     def from_run(cls, run, *, vd=None, vae=None, ranking: str = "auto", clip=None, data=None, index=None,
                  root=None, images=None, settings: ReconstructionSettings | None = None,
-                 device: str = "cpu", progress=None) -> "ReconstructionPipeline":
+                 device: str = "cpu", dtype: str = "fp32", progress=None) -> "ReconstructionPipeline":
         """Everything a run needs, from the CLI's words (see ``mindsearch reconstruct --help``)."""
         from mindsearch.reconstruct.components import check_conditioning_space, load_components
         from mindsearch.reconstruct.ranking import choose_ranking
@@ -151,7 +151,8 @@ class ReconstructionPipeline:
                 raise MindsearchError(f"{what} needs --index NAME (and --root DIR)")
         components = None
         if settings.mode == "generate":
-            components = load_components(vd, tokens=int(space["tokens"]), dim=int(space["dim"]), device=device)
+            components = load_components(vd, tokens=int(space["tokens"]), dim=int(space["dim"]), device=device,
+                                         dtype=dtype)
             check_conditioning_space(space, components, run.path.name)
             say(f"high-level stage: {components.describe()}")
         low = cls._lowlevel_vae(run, vae, device, needed=settings.init == "blurry" and settings.mode == "generate")
