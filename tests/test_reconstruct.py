@@ -244,3 +244,30 @@ def test_clip_ranking_rebuilds_the_runs_encoder_and_picks_the_closest(tmp_path):
     assert choose_ranking("auto", space=other, have_blurry=True).name == "blurry"
     with pytest.raises(MindsearchError, match="--clip PATH"):
         choose_ranking("clip", space=other, have_blurry=True)
+
+
+def test_python_api_blurry_ranking_and_mindeye1_init_quirk(world):
+    from mindsearch.data import open_dataset
+    from mindsearch.reconstruct import ReconstructionPipeline, ReconstructionSettings
+    from mindsearch.reconstruct.diffusion import CLIP_MEAN, CLIP_STD, encode_init
+    from mindsearch.vae import resize_images
+
+    st = ReconstructionSettings(samples=3, steps=2, init="blurry", init_normalization="clip", seed=5)
+    pipe = ReconstructionPipeline.from_run(world.run, vd="random-tiny", vae=world.vae, ranking="blurry", settings=st)
+    with open_dataset(world.data) as ds:
+        voxels = ds.voxels(1, [0, 1])
+    out = pipe(voxels, settings=st, progress=False, session=1)
+    assert out.ranking["name"] == "blurry" and out.generated == 6 and [t.seed for t in out.trials] == [5, 6]
+    for t in out.trials:  # the kept candidate correlates best with the blurry image, by hand at 32 px
+        b = resize_images(t.blurry[None], 32).ravel()
+        r = [np.corrcoef(resize_images(c.image[None], 32).ravel(), b)[0, 1] for c in t.candidates]
+        np.testing.assert_allclose([c.score for c in t.candidates], r, atol=1e-4)
+        assert t.chosen == int(np.argmax(r))
+    # MindEye1 encodes the init image after CLIP mean/std normalisation, not 2x - 1
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    comp = pipe.components
+    got = encode_init(comp, x, torch.Generator().manual_seed(0), "clip")
+    norm = (torch.from_numpy(x) - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    want = comp.vae.encode(norm).latent_dist.sample(torch.Generator().manual_seed(0)) * comp.vae.config.scaling_factor
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, encode_init(comp, x, torch.Generator().manual_seed(0), "vae"), atol=1e-3)
