@@ -271,3 +271,22 @@ def test_python_api_blurry_ranking_and_mindeye1_init_quirk(world):
     want = comp.vae.encode(norm).latent_dist.sample(torch.Generator().manual_seed(0)) * comp.vae.config.scaling_factor
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, encode_init(comp, x, torch.Generator().manual_seed(0), "vae"), atol=1e-3)
+
+
+def test_retrieved_pixels_from_a_folder_never_leave_it(tmp_path):
+    from PIL import Image
+
+    from mindsearch.reconstruct.retrieval import Retriever
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "imgs" / "a" / "x.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "outside.png")
+    r = Retriever.__new__(Retriever)  # no index needed to resolve keys
+    r.images_source, r._datasets, r.index = tmp_path / "imgs", {}, "folder"
+    px = r.pixels(SimpleNamespace(path="a/x.png", id=0))
+    assert px.shape == (3, 8, 8) and px.min() == 1.0
+    with pytest.raises(MindsearchError, match="outside"):
+        r.pixels(SimpleNamespace(path="../outside.png", id=1))
+    r.images_source = None
+    with pytest.raises(MindsearchError, match="--images"):
+        r.pixels(SimpleNamespace(path="a/x.png", id=0))
