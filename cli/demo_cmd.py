@@ -2,7 +2,10 @@
 
 Simulate the ``small`` world (known Bayes ceiling), train the ridge baseline, score it with
 the papers' protocol, and print it against the ceiling. Later stages (the MindEye-style
-encoder, the image index and a query) join the same table as they exist.
+encoder, the image index and a query) join the same table as they exist. The last stage
+reconstructs a few test images (blurry stage through the real TAEF2 when ../shared/fixtures is
+beside the checkout, else a tiny random VAE; tiny random Versatile-Diffusion-shaped components)
+and writes an HTML page.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ MARKER = "demo.json"
 @click.option("--out", type=click.Path(file_okay=False), default="mindsearch-demo", show_default=True,
               help="Directory for everything the demo writes (a previous demo there is replaced).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip-encoder", is_flag=True, help="Ridge only (skip the tiny MindEye-style encoder).")
-def demo(out, seed, skip_encoder):
+@click.option("--skip-encoder", is_flag=True,
+              help="Ridge only (skip the tiny MindEye-style encoder and the reconstruction stage).")
+@click.option("--skip-recon", is_flag=True, help="Skip the reconstruction stage.")
+def demo(out, seed, skip_encoder, skip_recon):
     """Simulate, train, evaluate and search on the small preset; print one table."""
     from mindsearch.errors import MindsearchError
 
@@ -53,8 +58,10 @@ def demo(out, seed, skip_encoder):
     results = {"ridge": evaluate_run(out / "runs" / "ridge", data)}
     say(f"[2] ridge trained and evaluated in {time.perf_counter() - t:.1f}s")
 
+    vae = None
     if not skip_encoder:
-        encoder = _train_encoder(data, out, seed)
+        vae = None if skip_recon else _lowlevel_vae(out)
+        encoder = _train_encoder(data, out, seed, vae)
         if encoder is not None:
             stages["encoder"], results["mindeye-tiny"] = encoder
 
@@ -69,8 +76,12 @@ def demo(out, seed, skip_encoder):
                  pct(5 / any_s["n"])])
 
     search = _search(data, out, results)
+    recon = None
+    if "mindeye-tiny" in results and vae is not None:
+        recon = _reconstruct(data, out, seed)
+        stages["reconstruct"] = recon["seconds"]
     summary = {"data": str(data), "runs": str(out / "runs"), "results": results,
-               "stages_seconds": stages, "search": search,
+               "stages_seconds": stages, "search": search, "reconstruction": recon,
                "seconds": time.perf_counter() - t_start, "peak_rss_mib": peak_rss_mib()}
     write_json(out / MARKER, summary)
 
@@ -82,6 +93,9 @@ def demo(out, seed, skip_encoder):
     if search:
         click.echo("")
         click.echo(search["text"])
+    if recon:
+        click.echo("")
+        click.echo(recon["text"])
     click.echo("")
     click.echo(f"everything is in {out}/ (dataset: data/, runs: runs/, summary: {MARKER}); "
                f"{summary['seconds']:.0f}s, peak memory {summary['peak_rss_mib']:.0f} MiB")
@@ -95,7 +109,7 @@ def demo(out, seed, skip_encoder):
                    f"export-trials --trials test --limit 1 --out trial.npy && mindsearch query --voxels trial.npy --k 16")
 
 
-def _train_encoder(data, out, seed):
+def _train_encoder(data, out, seed, vae=None):
     """The tiny MindEye-style encoder, when the training package provides it."""
     import importlib.util
 
@@ -110,7 +124,10 @@ def _train_encoder(data, out, seed):
     # contend so badly that training slows twenty-fold; one thread is the robust choice.
     torch.set_num_threads(1)
     t = time.perf_counter()
-    train_encoder(data, 1, out / "runs" / "mindeye-tiny", preset="tiny", seed=seed, progress=say)
+    # TAEF2 sees the stimuli at 32 px: at the simulator's 64 px its encoder alone costs ~45 CPU-seconds
+    vae_size = 32 if vae is not None and str(vae).endswith("taef2_encoder.safetensors") else None
+    train_encoder(data, 1, out / "runs" / "mindeye-tiny", preset="tiny", seed=seed, progress=say, vae=vae,
+                  vae_size=vae_size)
     seconds = time.perf_counter() - t
     say(f"[3] tiny MindEye-style encoder trained in {seconds:.1f}s")
     return seconds, evaluate_run(out / "runs" / "mindeye-tiny", data)
@@ -169,3 +186,41 @@ def _search(data, out, results):
             "hits": [h.as_dict() for h in hits], "brain_hits": brain, "seconds": seconds,
             "median_rank": float(np.median(ranks)),
             "top16_fraction": float(np.mean(np.asarray(ranks) <= 16))}
+
+
+# ../shared/fixtures/weights beside a checkout: the real TAEF2 autoencoder, when it is there.
+FIXTURE_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "weights"
+
+
+def _lowlevel_vae(out):
+    """The low-level head's VAE: the real TAEF2 when the fixtures are present, else a tiny random one."""
+    taef2 = FIXTURE_WEIGHTS / "taef2_encoder.safetensors"
+    if taef2.is_file() and (FIXTURE_WEIGHTS / "taef2_decoder.safetensors").is_file():
+        return taef2
+    from mindsearch.reconstruct import save_random_tiny_vae
+
+    say("no TAEF2 weights beside the checkout: the low-level head uses a tiny RANDOM VAE")
+    return save_random_tiny_vae(out / "vae-random-tiny")
+
+
+def _reconstruct(data, out, seed, trials: int = 4, samples: int = 4):
+    """A few test images through the whole reconstruction: blurry (the run's VAE), tiny random
+    Versatile-Diffusion-shaped components conditioned on the prior's samples, best-of-N where the
+    index's top image competes too; writes recon/ with its HTML page."""
+    from mindsearch.reconstruct import ReconstructionSettings, reconstruct
+
+    t = time.perf_counter()
+    settings = ReconstructionSettings(samples=samples, steps=20, strength=0.85, guidance=3.5, seed=seed)
+    m = reconstruct(out / "runs" / "mindeye-tiny", out / "recon", data=data, trials="test", limit=trials,
+                    vd="random-tiny", index="sim-images", root=out / "indexes", settings=settings,
+                    progress=say, show_progress=False)
+    seconds = time.perf_counter() - t
+    kept = [m["trials"][i]["candidates"][m["trials"][i]["chosen_index"]]["source"] for i in range(len(m["trials"]))]
+    say(f"[5] reconstructed {len(m['trials'])} test images in {seconds:.1f}s")
+    text = (f"reconstruction: {len(m['trials'])} test images, best of {samples} generated + the top retrieved "
+            f"image, ranked by {m['ranking']['name']} ({sum(k == 'retrieved' for k in kept)} kept the retrieved "
+            f"one); blurry stage from {m['lowlevel_vae'].split(' ')[0]}, high-level stage on RANDOM tiny "
+            f"components (the pipeline runs; the images mean nothing)\n"
+            f"page: {out / 'recon' / 'index.html'}")
+    return {"text": text, "seconds": seconds, "page": str(out / "recon" / "index.html"),
+            "ranking": m["ranking"]["name"], "kept": kept}

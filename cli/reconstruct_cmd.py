@@ -15,6 +15,9 @@ from mindsearch.cli.common import say
 @click.option("--trials", default="test", show_default=True,
               help="With --data: 'test' (each test image once, repetitions averaged) or trial numbers N,M,...")
 @click.option("--subject", type=int, default=None, help="Subject of the voxels (default: the run's).")
+@click.option("--session", type=int, default=None,
+              help="With --voxels: their session (z-scoring statistics; default: pooled).")
+@click.option("--no-zscore", is_flag=True, help="With --voxels: they are already z-scored.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Output directory (new, empty, or a previous reconstruction: replaced).")
 @click.option("--vd", default=None, help="Local Versatile Diffusion directory (image_unet/, vae/, scheduler/), "
@@ -45,10 +48,12 @@ from mindsearch.cli.common import say
 @click.option("--limit", type=int, default=None, help="Only the first N trials.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Candidates per UNet batch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Diffusion components' precision (fp16/bf16 with --device cuda; MindEye1 used fp16).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def reconstruct(run_dir, voxels, data, trials, subject, out, vd, vae, samples, steps, strength, guidance, seed,
+def reconstruct(run_dir, voxels, data, trials, subject, session, no_zscore, out, vd, vae, samples, steps, strength, guidance, seed,
                 init, init_norm, mode, index_name, root, images, retrieved_candidates, ranking, clip, limit,
-                batch, device, no_progress):
+                batch, device, dtype, no_progress):
     """Reconstruct seen images: low-level blurry image, Versatile Diffusion img2img, best-of-N."""
     from mindsearch.reconstruct import ReconstructionSettings
     from mindsearch.reconstruct import reconstruct as run_reconstruct
@@ -57,9 +62,10 @@ def reconstruct(run_dir, voxels, data, trials, subject, out, vd, vae, samples, s
                                       seed=seed, init=init, mode=mode, init_normalization=init_norm,
                                       retrieved_candidates=retrieved_candidates, batch=batch)
     _check_device(device)
-    m = run_reconstruct(run_dir, out, voxels=voxels, data=data, trials=trials, subject=subject, vd=vd, vae=vae,
+    m = run_reconstruct(run_dir, out, voxels=voxels, data=data, trials=trials, subject=subject, session=session,
+                        zscore=not no_zscore, vd=vd, vae=vae,
                         ranking=ranking, clip=clip, index=index_name, root=root, images=images, limit=limit,
-                        settings=settings, device=device, progress=say, show_progress=not no_progress)
+                        settings=settings, device=device, dtype=dtype, progress=say, show_progress=not no_progress)
     s = m["summary"]
     if m.get("random_components"):
         say("note: RANDOM tiny diffusion components (--vd random-tiny): the images are meaningless")

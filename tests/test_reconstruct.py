@@ -219,3 +219,74 @@ def test_reconstruct_help_imports_no_heavy_library():
             "print('HEAVY:' + ','.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_clip_ranking_rebuilds_the_runs_encoder_and_picks_the_closest(tmp_path):
+    pytest.importorskip("open_clip")
+    from mindsearch.image_encoders import ImageEncoder
+    from mindsearch.reconstruct.ranking import choose_ranking
+
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    path = tmp_path / "tiny-vit-recon.json"
+    path.write_text(json.dumps(cfg))
+    enc = ImageEncoder.create(path, output="hidden", weights="random:0")
+    ranking = choose_ranking("auto", space=enc.space, have_blurry=False)
+    assert ranking.name == "clip" and ranking.info["space"] == enc.space
+    images = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    own = ranking.embed(images)
+    assert own.shape == (4, 5 * 16)  # 1 + (32/16)^2 tokens, projected to 16
+    for target in range(4):
+        assert best_of(ranking.score(images, own[target].reshape(5, 16))) == target
+    # weights that are not the space's are refused, not silently used
+    other = {**enc.space, "weights": "0123456789abcdef"}
+    assert choose_ranking("auto", space=other, have_blurry=True).name == "blurry"
+    with pytest.raises(MindsearchError, match="--clip PATH"):
+        choose_ranking("clip", space=other, have_blurry=True)
+
+
+def test_python_api_blurry_ranking_and_mindeye1_init_quirk(world):
+    from mindsearch.data import open_dataset
+    from mindsearch.reconstruct import ReconstructionPipeline, ReconstructionSettings
+    from mindsearch.reconstruct.diffusion import CLIP_MEAN, CLIP_STD, encode_init
+    from mindsearch.vae import resize_images
+
+    st = ReconstructionSettings(samples=3, steps=2, init="blurry", init_normalization="clip", seed=5)
+    pipe = ReconstructionPipeline.from_run(world.run, vd="random-tiny", vae=world.vae, ranking="blurry", settings=st)
+    with open_dataset(world.data) as ds:
+        voxels = ds.voxels(1, [0, 1])
+    out = pipe(voxels, settings=st, progress=False, session=1)
+    assert out.ranking["name"] == "blurry" and out.generated == 6 and [t.seed for t in out.trials] == [5, 6]
+    for t in out.trials:  # the kept candidate correlates best with the blurry image, by hand at 32 px
+        b = resize_images(t.blurry[None], 32).ravel()
+        r = [np.corrcoef(resize_images(c.image[None], 32).ravel(), b)[0, 1] for c in t.candidates]
+        np.testing.assert_allclose([c.score for c in t.candidates], r, atol=1e-4)
+        assert t.chosen == int(np.argmax(r))
+    # MindEye1 encodes the init image after CLIP mean/std normalisation, not 2x - 1
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    comp = pipe.components
+    got = encode_init(comp, x, torch.Generator().manual_seed(0), "clip")
+    norm = (torch.from_numpy(x) - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    want = comp.vae.encode(norm).latent_dist.sample(torch.Generator().manual_seed(0)) * comp.vae.config.scaling_factor
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, encode_init(comp, x, torch.Generator().manual_seed(0), "vae"), atol=1e-3)
+
+
+def test_retrieved_pixels_from_a_folder_never_leave_it(tmp_path):
+    from PIL import Image
+
+    from mindsearch.reconstruct.retrieval import Retriever
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "imgs" / "a" / "x.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "outside.png")
+    r = Retriever.__new__(Retriever)  # no index needed to resolve keys
+    r.images_source, r._datasets, r.index = tmp_path / "imgs", {}, "folder"
+    px = r.pixels(SimpleNamespace(path="a/x.png", id=0))
+    assert px.shape == (3, 8, 8) and px.min() == 1.0
+    with pytest.raises(MindsearchError, match="outside"):
+        r.pixels(SimpleNamespace(path="../outside.png", id=1))
+    r.images_source = None
+    with pytest.raises(MindsearchError, match="--images"):
+        r.pixels(SimpleNamespace(path="a/x.png", id=0))

@@ -17,8 +17,8 @@ import numpy as np
 from mindsearch.errors import MindsearchError
 
 
-def _select(run, *, voxels, data, ds, trials, subject, limit):
-    """-> (voxels, zscore, sessions, rows, truth, source) for the chosen trials."""
+def _select(run, *, voxels, data, ds, trials, subject, limit, session=None, zscore=True):
+    """-> (voxels, zscore, sessions, rows, source) for the chosen trials."""
     if (voxels is None) == (data is None):
         raise MindsearchError("give exactly one of --voxels or --data")
     subject = run.subject if subject is None else int(subject)
@@ -31,7 +31,10 @@ def _select(run, *, voxels, data, ds, trials, subject, limit):
             x = x[:limit]
         rows = [{"stem": f"row{i:05d}", "row": i, "subject": subject, "trial": None, "image_id": None}
                 for i in range(len(x))]
-        return np.asarray(x, np.float32), True, None, rows, None, str(voxels if not isinstance(voxels, np.ndarray) else "<array>")
+        for r in rows:
+            r["session"] = session
+        src = "<array>" if isinstance(voxels, np.ndarray) else str(voxels)
+        return np.asarray(x, np.float32), zscore, session, rows, src
     if trials in (None, "test"):
         from mindsearch.data.preprocess import load_split
 
@@ -60,18 +63,18 @@ def _select(run, *, voxels, data, ds, trials, subject, limit):
                  "image_id": int(im), "n_reps": 1, "session": int(s)}
                 for i, (t, im, s) in enumerate(zip(wanted, ids, sessions))]
         zscore = True
-    truth = ds.images([r["image_id"] for r in rows]) if ds.has_images else None
-    return np.asarray(x, np.float32), zscore, sessions, rows, truth, str(data)
+    return np.asarray(x, np.float32), zscore, sessions, rows, str(data)
 
 
 def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int | None = None,
+                session: int | None = None, zscore: bool = True,
                 vd=None, vae=None, ranking: str = "auto", clip=None, index=None, root=None, images=None,
-                limit: int | None = None, settings=None, device: str = "cpu", progress=None,
+                limit: int | None = None, settings=None, device: str = "cpu", dtype: str = "fp32", progress=None,
                 show_progress: bool = True, page: bool = True) -> dict:
     """Reconstruct and write OUT (see ``mindsearch.reconstruct.writer``); returns the manifest."""
     from mindsearch.io import atomic_path, write_json
     from mindsearch.reconstruct.pipeline import ReconstructionPipeline, ReconstructionSettings
-    from mindsearch.reconstruct.writer import FORMAT, MANIFEST, check_out_dir, write_trials
+    from mindsearch.reconstruct.writer import FORMAT, MANIFEST, check_out_dir, write_trial
     from mindsearch.runs import Run, open_run
 
     t0 = time.perf_counter()
@@ -86,47 +89,53 @@ def reconstruct(run, out, *, voxels=None, data=None, trials="test", subject: int
         from mindsearch.data import open_dataset
 
         ds = open_dataset(data)
+    pipe = None
     try:
-        x, zscore, sessions, rows, truth, source = _select(run, voxels=voxels, data=data, ds=ds, trials=trials,
-                                                           subject=subject, limit=limit)
+        x, zscore, sessions, rows, source = _select(run, voxels=voxels, data=data, ds=ds, trials=trials,
+                                                    subject=subject, limit=limit, session=session,
+                                                    zscore=zscore)
         subject = rows[0]["subject"] if rows else run.subject
         run.check_voxels(x, subject, source)  # before any component loads
         pipe = ReconstructionPipeline.from_run(run, vd=vd, vae=vae, ranking=ranking, clip=clip, data=ds,
                                                index=index, root=root, images=images, settings=settings,
-                                               device=device, progress=progress)
-        try:
-            result = pipe(x, subject=subject, session=sessions, zscore=zscore, settings=settings,
-                          progress=show_progress, source=source)
-        finally:
-            if pipe.retriever is not None:
-                pipe.retriever.close()
+                                               device=device, dtype=dtype, progress=progress)
+        manifest = {"format": FORMAT, "run": str(run.path), "space": run.space, "subject": subject,
+                    "source": source, "trials_selected": _describe_trials(voxels, trials)}
+        stats: dict = {}
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            records = []
+            # trial by trial: each is written, then dropped (see ReconstructionPipeline.iter_trials)
+            for tr in pipe.iter_trials(x, subject=subject, session=sessions, zscore=zscore, settings=settings,
+                                       progress=show_progress, source=source, stats=stats):
+                row = rows[tr.row]
+                truth = ds.images([row["image_id"]])[0] if ds is not None and ds.has_images else None
+                records.append(write_trial(tmp, tr, row, truth))
+            result = pipe.describe_output([], stats)
+            peak_gpu = None
+            if str(device).startswith("cuda"):
+                import torch
+
+                peak_gpu = torch.cuda.max_memory_allocated() / (1 << 20)
+            manifest.update(
+                settings=result.settings, ranking=result.ranking, conditioning=result.conditioning,
+                components=result.components,
+                random_components=bool(pipe.components is not None and pipe.components.is_random),
+                lowlevel_vae=result.lowlevel_vae, index=result.index, device=device, dtype=dtype, trials=records,
+                summary={"trials": len(rows), "generated": result.generated,
+                         "seconds": time.perf_counter() - t0, "generation_seconds": stats["gen_seconds"],
+                         "images_per_second": result.images_per_second,
+                         "peak_rss_mib": _peak_rss_mib(), "peak_gpu_mib": peak_gpu})
+            write_json(tmp / MANIFEST, manifest)
+            if page:
+                from mindsearch.reconstruct.page import write_page
+
+                write_page(tmp, manifest)
     finally:
+        if pipe is not None and pipe.retriever is not None:
+            pipe.retriever.close()
         if ds is not None:
             ds.close()
-    peak_gpu = None
-    if str(device).startswith("cuda"):
-        import torch
-
-        peak_gpu = torch.cuda.max_memory_allocated() / (1 << 20)
-    manifest = {
-        "format": FORMAT, "run": str(run.path), "space": run.space, "subject": subject, "source": source,
-        "trials_selected": _describe_trials(voxels, trials),
-        "settings": result.settings, "ranking": result.ranking, "conditioning": result.conditioning,
-        "components": result.components, "random_components": bool(pipe.components is not None and pipe.components.is_random),
-        "lowlevel_vae": result.lowlevel_vae, "index": result.index, "device": device,
-    }
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        manifest["trials"] = write_trials(tmp, result, rows, truth)
-        manifest["summary"] = {"trials": len(rows), "generated": result.generated,
-                               "seconds": time.perf_counter() - t0,
-                               "images_per_second": result.images_per_second,
-                               "peak_rss_mib": _peak_rss_mib(), "peak_gpu_mib": peak_gpu}
-        write_json(tmp / MANIFEST, manifest)
-        if page:
-            from mindsearch.reconstruct.page import write_page
-
-            write_page(tmp, manifest)
     return manifest
 
 

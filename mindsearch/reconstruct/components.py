@@ -170,17 +170,32 @@ def save_random_tiny_vae(directory, *, seed: int = 0, image_size: int = 64) -> P
     return directory
 
 
-def load_components(vd, *, tokens: int, dim: int, device: str = "cpu", dtype=None,
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def load_components(vd, *, tokens: int, dim: int, device: str = "cpu", dtype: str = "fp32",
                     image_size: int = 64) -> DiffusionComponents:
-    """``--vd``: a directory, ``"random-tiny"``, or ready ``DiffusionComponents``."""
+    """``--vd``: a directory, ``"random-tiny"``, or ready ``DiffusionComponents``; ``dtype``
+    fp32, or fp16 / bf16 on a GPU (MindEye1 ran VD in fp16)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise MindsearchError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    if dtype != "fp32" and not str(device).startswith("cuda"):
+        raise MindsearchError(f"--dtype {dtype} needs --device cuda (half precision is for GPUs)")
+    torch_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     if isinstance(vd, DiffusionComponents):
         return vd.to(device)
     if vd is None:
         raise MindsearchError("the high-level stage needs Versatile Diffusion: --vd DIR (a local diffusers "
                               "directory with image_unet/, vae/, scheduler/) or --vd random-tiny")
     if str(vd) == RANDOM_TINY:
-        return DiffusionComponents.random_tiny(tokens, dim, device=device, image_size=image_size)
-    return DiffusionComponents.from_pretrained(vd, device=device, dtype=dtype)
+        comp = DiffusionComponents.random_tiny(tokens, dim, device=device, image_size=image_size)
+        if torch_dtype is not None:
+            comp.unet.to(torch_dtype)
+            comp.vae.to(torch_dtype)
+        return comp
+    return DiffusionComponents.from_pretrained(vd, device=device, dtype=torch_dtype)
 
 
 def check_conditioning_space(space: dict, components: DiffusionComponents, run_name: str) -> None:

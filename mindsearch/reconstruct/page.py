@@ -27,6 +27,8 @@ table.grid img{width:128px;height:128px;object-fit:contain;image-rendering:auto;
 td.label{text-align:left;color:#444;font-family:monospace;font-size:11px;max-width:140px}
 table.kv{border-collapse:collapse;font-size:12px;margin-top:8px} table.kv td{padding:2px 8px;border-bottom:1px solid #ddd}
 table.kv td:first-child{color:#666}
+table.grid td.cands img{width:40px;height:40px;display:inline-block;margin:1px;border:2px solid transparent;background:#eee}
+table.grid td.cands img.kept{border-color:#d33} td.cands{max-width:230px;text-align:left}
 .missing{width:128px;height:128px;display:flex;align-items:center;justify-content:center;color:#aaa;background:#eee}
 """
 
@@ -53,15 +55,20 @@ def render_html(manifest: dict, metrics: dict | None = None, max_rows: int | Non
     trials = manifest.get("trials", [])
     shown = trials if max_rows is None else trials[:max_rows]
     cols = [c for c in COLUMNS if any(t.get(c[0]) for t in trials)]
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols) + "<th>candidates (kept: red)</th>"
     body = []
     for t in shown:
         label = t["stem"] + (f"<br>image {t['image_id']}" if t.get("image_id") is not None else "")
         chosen = t["candidates"][t["chosen_index"]] if t.get("candidates") else {}
-        label += f"<br>kept {t.get('chosen_index')} of {len(t.get('candidates', []))}"
+        label += f"<br>kept #{t.get('chosen_index')} of {len(t.get('candidates', []))}"
         if chosen.get("score") is not None:
             label += f"<br>score {chosen['score']:.3f} ({html.escape(chosen.get('source', ''))})"
-        body.append(f'<tr><td class="label">{label}</td>' + "".join(_cell(t, k) for k, _ in cols) + "</tr>")
+        strip = "".join(
+            f'<img src="{html.escape(c["path"])}" class="{"kept" if k == t.get("chosen_index") else ""}" '
+            f'title="#{k} {html.escape(c.get("source", ""))} score {_fmt(c.get("score"))}">'
+            for k, c in enumerate(t.get("candidates", [])))
+        body.append(f'<tr><td class="label">{label}</td>' + "".join(_cell(t, k) for k, _ in cols)
+                    + f'<td class="cands">{strip}</td></tr>')
     warn = ""
     if manifest.get("random_components"):
         warn += ('<div class="warn">RANDOM tiny diffusion components (--vd random-tiny): the '
@@ -90,7 +97,7 @@ def render_html(manifest: dict, metrics: dict | None = None, max_rows: int | Non
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mindsearch reconstruction</title><style>{CSS}</style></head>
 <body><h1>Reconstructions: {html.escape(Path(str(manifest.get('run', ''))).name)}, subject {manifest.get('subject')}</h1>
-<div class="sub">{len(trials)} trial(s); best of {s.get('samples')} candidate(s) by {html.escape(str(ranking.get('name')))}</div>
+<div class="sub">{len(trials)} trial(s); best of {len(trials[0].get('candidates', [])) if trials else 0} candidate(s) by {html.escape(str(ranking.get('name')))}</div>
 {warn}
 <table class="grid"><tr><th></th>{head}</tr>
 {''.join(body)}

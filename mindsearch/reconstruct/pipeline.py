@@ -88,6 +88,7 @@ class TrialReconstruction:
     blurry: np.ndarray | None = None
     init: str | None = None  # what img2img started from
     retrieved: list = field(default_factory=list)  # engine Hits, best first
+    top_retrieved: np.ndarray | None = None  # the first hit's pixels
 
     @property
     def image(self) -> np.ndarray:
@@ -126,7 +127,7 @@ class ReconstructionPipeline:
     @classmethod
     def from_run(cls, run, *, vd=None, vae=None, ranking: str = "auto", clip=None, data=None, index=None,
                  root=None, images=None, settings: ReconstructionSettings | None = None,
-                 device: str = "cpu", progress=None) -> "ReconstructionPipeline":
+                 device: str = "cpu", dtype: str = "fp32", progress=None) -> "ReconstructionPipeline":
         """Everything a run needs, from the CLI's words (see ``mindsearch reconstruct --help``)."""
         from mindsearch.reconstruct.components import check_conditioning_space, load_components
         from mindsearch.reconstruct.ranking import choose_ranking
@@ -150,7 +151,8 @@ class ReconstructionPipeline:
                 raise MindsearchError(f"{what} needs --index NAME (and --root DIR)")
         components = None
         if settings.mode == "generate":
-            components = load_components(vd, tokens=int(space["tokens"]), dim=int(space["dim"]), device=device)
+            components = load_components(vd, tokens=int(space["tokens"]), dim=int(space["dim"]), device=device,
+                                         dtype=dtype)
             check_conditioning_space(space, components, run.path.name)
             say(f"high-level stage: {components.describe()}")
         low = cls._lowlevel_vae(run, vae, device, needed=settings.init == "blurry" and settings.mode == "generate")
@@ -191,13 +193,43 @@ class ReconstructionPipeline:
             from mindsearch.reconstruct.components import save_random_tiny_vae
 
             with tempfile.TemporaryDirectory() as tmp:
-                return ImageAutoencoder.load(save_random_tiny_vae(f"{tmp}/vae"), device=device)
+                loaded = ImageAutoencoder.load(save_random_tiny_vae(f"{tmp}/vae"), device=device)
+            loaded.source = "random-tiny"
+            return loaded
         return ImageAutoencoder.load(vae, device=device)
 
     # ------------------------------------------------------------------ the steps
     def __call__(self, voxels, *, subject: int | None = None, session=None, zscore: bool = True,
                  settings: ReconstructionSettings | None = None, progress: bool = True,
                  source="<voxels>") -> ReconstructionOutput:
+        """Every trial's reconstruction in memory (a few trials; ``iter_trials`` streams many)."""
+        stats: dict = {}
+        trials = list(self.iter_trials(voxels, subject=subject, session=session, zscore=zscore,
+                                       settings=settings, progress=progress, source=source, stats=stats))
+        return self.describe_output(trials, stats)
+
+    def describe_output(self, trials: list, stats: dict) -> ReconstructionOutput:
+        settings = stats["settings"]
+        generate = settings.mode == "generate"
+        return ReconstructionOutput(
+            trials=trials, settings=asdict(settings),
+            ranking=(self.ranking.as_dict() if self.ranking is not None else
+                     {"name": "index" if not generate else "none",
+                      "description": "the index's cosine with the brain's disjointed embedding" if not generate
+                      else "a single candidate: nothing to rank"}),
+            conditioning=stats.get("conditioning") or "none (retrieval only)",
+            components=None if self.components is None else self.components.describe(),
+            lowlevel_vae=None if self.lowlevel_vae is None else f"{self.lowlevel_vae.kind} {self.lowlevel_vae.source}",
+            index=None if self.retriever is None else self.retriever.index,
+            seconds=stats["seconds"], generated=stats["generated"],
+            images_per_second=(stats["generated"] / stats["gen_seconds"]) if stats["gen_seconds"] > 0 else None)
+
+    def iter_trials(self, voxels, *, subject: int | None = None, session=None, zscore: bool = True,
+                    settings: ReconstructionSettings | None = None, progress: bool = True,
+                    source="<voxels>", stats: dict | None = None):
+        """Yield one ``TrialReconstruction`` per row of ``voxels``, trial by trial, so memory stays
+        at one trial's images (1,000 test images x 16 candidates at 512 px would be ~50 GB).
+        ``stats`` (a dict) receives the run-wide figures as they accrue."""
         settings = (settings or ReconstructionSettings()).check()
         from tqdm.auto import tqdm
 
@@ -208,92 +240,75 @@ class ReconstructionPipeline:
         subject = run.check_voxels(voxels, subject, source)
         _place_run_encoder(run, self.device)
         enc = run.encoder()
-        if hasattr(enc, "seed"):
-            enc.seed = int(settings.seed)  # the prior's samples follow --seed
+        stats = {} if stats is None else stats
+        stats.update(settings=settings, generated=0, gen_seconds=0.0, seconds=0.0, conditioning=None)
         t0 = time.perf_counter()
         generate = settings.mode == "generate"
         n = len(voxels)
+        sessions = None if session is None else np.broadcast_to(np.asarray(session), (n,))
 
-        # 1. brain embeddings
-        kw = dict(subject=subject, session=session, zscore=zscore)
-        disjointed = run.encode(voxels, outputs=("disjointed",), **kw)["disjointed"]
-        conditioning, cond_name = None, None
-        if generate:
-            reps = np.repeat(voxels, settings.samples, axis=0)
-            sess = None if session is None or np.ndim(session) == 0 else np.repeat(np.asarray(session), settings.samples)
-            out = run.encode(reps, outputs=("aligned",), **{**kw, "session": session if sess is None else sess})
-            if "aligned" in out:
-                conditioning, cond_name = out["aligned"], "aligned: one prior sample per candidate"
-            else:
-                conditioning = np.repeat(disjointed, settings.samples, axis=0)
-                cond_name = "disjointed: the run has no prior, every candidate shares it"
-            conditioning = conditioning.reshape(n, settings.samples, *conditioning.shape[1:])
-
-        # 2. low-level stage
-        blurry = None
-        if self.lowlevel_vae is not None:
-            from mindsearch.vae import blurry_images
-
-            blurry = blurry_images(run, voxels, self.lowlevel_vae, subject=subject, session=session,
-                                   zscore=zscore, device=self.device)
-
-        # 3. retrieval
+        # 1a. the disjointed embeddings (the best-of-N reference) and 3. retrieval, for all trials at once
+        kw = dict(subject=subject, zscore=zscore)
+        disjointed = run.encode(voxels, outputs=("disjointed",), session=sessions, **kw)["disjointed"]
         hits = [[] for _ in range(n)]
         if self.retriever is not None:
             k = settings.samples if not generate else max(1, settings.retrieved_candidates)
             hits = self.retriever.search(disjointed, run, k=k)
 
-        # 4 + 5. per trial: candidates, then best-of-N
-        trials, generated, gen_seconds = [], 0, 0.0
         bar = tqdm(total=n, desc="trials", unit="trial", file=sys.stderr, disable=not progress)
         for i in range(n):
             seed = int(settings.seed) + i
+            one = voxels[i:i + 1]
+            sess = None if sessions is None else sessions[i:i + 1]
+            # 2. low-level stage
+            blurry = None
+            if self.lowlevel_vae is not None:
+                from mindsearch.vae import blurry_images
+
+                blurry = blurry_images(run, one, self.lowlevel_vae, session=sess, device=self.device, **kw)[0]
             retrieved = [Candidate(self.retriever.pixels(h), "retrieved", image_id=h.id, index_score=h.score)
                          for h in hits[i]] if self.retriever is not None else []
             if not generate:
                 for c in retrieved:
                     c.score = c.index_score
-                trials.append(TrialReconstruction(i, seed, retrieved, 0, blurry=None if blurry is None else blurry[i],
-                                                  retrieved=hits[i]))
+                yield TrialReconstruction(i, seed, retrieved, 0, blurry=blurry, retrieved=hits[i],
+                                          top_retrieved=_first_image(retrieved))
                 bar.update(1)
                 continue
-            init_name, init_img = settings.init, None
-            if settings.init == "blurry":
-                init_img = blurry[i]
-            elif settings.init == "retrieved":
-                init_img = retrieved[0].image
+            # 1b. the conditioning: one prior sample per candidate (the prior follows the trial's seed)
+            if hasattr(enc, "seed"):
+                enc.seed = seed
+            reps = np.repeat(one, settings.samples, axis=0)
+            out = run.encode(reps, outputs=("aligned",), session=None if sess is None else np.repeat(sess, settings.samples), **kw)
+            if "aligned" in out:
+                conditioning, stats["conditioning"] = out["aligned"], "aligned: one prior sample per candidate"
+            else:
+                conditioning = np.repeat(disjointed[i:i + 1], settings.samples, axis=0)
+                stats["conditioning"] = "disjointed: the run has no prior, every candidate shares it"
+            # 4. high-level stage
+            init_img = blurry if settings.init == "blurry" else (
+                retrieved[0].image if settings.init == "retrieved" else None)
             tg = time.perf_counter()
-            images = self._generate(conditioning[i], init_img, settings, seed, progress, i)
-            gen_seconds += time.perf_counter() - tg
-            generated += len(images)
+            images = self._generate(conditioning, init_img, settings, seed, progress, i)
+            stats["gen_seconds"] += time.perf_counter() - tg
+            stats["generated"] += len(images)
+            # 5. best-of-N
             cands = [Candidate(im, "generated") for im in images] + retrieved[:settings.retrieved_candidates]
             chosen = 0
             if self.ranking is not None:
                 from mindsearch.reconstruct.ranking import best_of
 
-                b = None if blurry is None else blurry[i]
-                scores = np.concatenate([self.ranking.score(np.stack(group), disjointed[i], b)
+                scores = np.concatenate([self.ranking.score(np.stack(group), disjointed[i], blurry)
                                          for group in _same_size_groups(cands)])
-                for c, s in zip(_grouped_order(cands), scores):
-                    c.score = float(s)
+                for c, sc in zip(_grouped_order(cands), scores):
+                    c.score = float(sc)
                 chosen = best_of([c.score for c in cands])
-            trials.append(TrialReconstruction(i, seed, cands, chosen, blurry=None if blurry is None else blurry[i],
-                                              init=init_name, retrieved=hits[i]))
+            stats["seconds"] = time.perf_counter() - t0
+            yield TrialReconstruction(i, seed, cands, chosen, blurry=blurry, init=settings.init,
+                                      retrieved=hits[i], top_retrieved=_first_image(retrieved))
             bar.update(1)
         bar.close()
-        seconds = time.perf_counter() - t0
-        return ReconstructionOutput(
-            trials=trials, settings=asdict(settings),
-            ranking=(self.ranking.as_dict() if self.ranking is not None else
-                     {"name": "index" if not generate else "none",
-                      "description": "the index's cosine with the brain's disjointed embedding" if not generate
-                      else "a single candidate: nothing to rank"}),
-            conditioning=cond_name or "none (retrieval only)",
-            components=None if self.components is None else self.components.describe(),
-            lowlevel_vae=None if self.lowlevel_vae is None else f"{self.lowlevel_vae.kind} {self.lowlevel_vae.source}",
-            index=None if self.retriever is None else self.retriever.index,
-            seconds=seconds, generated=generated,
-            images_per_second=(generated / gen_seconds) if gen_seconds > 0 else None)
+        stats["seconds"] = time.perf_counter() - t0
 
     def _generate(self, conditioning, init_img, settings, seed, progress, row) -> list[np.ndarray]:
         import torch
@@ -338,3 +353,7 @@ def _grouped_order(cands):
         if c.image.shape not in shapes:
             shapes.append(c.image.shape)
     return [c for s in shapes for c in cands if c.image.shape == s]
+
+
+def _first_image(candidates):
+    return candidates[0].image if candidates else None

@@ -52,29 +52,24 @@ def check_out_dir(out: Path) -> None:
                                   out)
 
 
-def write_trials(tmp: Path, output, rows: list[dict], truth: np.ndarray | None) -> list[dict]:
-    """PNGs for every trial of a ``ReconstructionOutput``; returns the manifest's trial records."""
-    records = []
-    for tr, row in zip(output.trials, rows):
-        stem = row["stem"]
-        rec = dict(row)
-        rec["seed"] = tr.seed
-        rec["init"] = tr.init
-        if truth is not None:
-            rec["truth"] = str(save_png(tmp / "truth" / f"{stem}.png", truth[tr.row]).relative_to(tmp))
-        if tr.blurry is not None:
-            rec["blurry"] = str(save_png(tmp / "blurry" / f"{stem}.png", tr.blurry).relative_to(tmp))
-        cands = []
-        for k, c in enumerate(tr.candidates):
-            path = save_png(tmp / "candidates" / stem / f"{k:02d}.png", c.image)
-            cands.append({"path": str(path.relative_to(tmp)), **c.record()})
-        rec["candidates"] = cands
-        rec["chosen_index"] = tr.chosen
-        rec["chosen"] = str(save_png(tmp / "chosen" / f"{stem}.png", tr.image).relative_to(tmp))
-        rec["retrieved"] = [{"rank": h.rank, "id": h.id, "score": h.score, "key": h.path} for h in tr.retrieved]
-        if tr.retrieved:
-            top = next((c for c in tr.candidates if c.source == "retrieved" and c.image_id == tr.retrieved[0].id), None)
-            if top is not None:
-                rec["top_retrieved"] = str(save_png(tmp / "retrieved" / f"{stem}.png", top.image).relative_to(tmp))
-        records.append(rec)
-    return records
+def write_trial(tmp: Path, tr, row: dict, truth: np.ndarray | None) -> dict:
+    """PNGs for one ``TrialReconstruction``; returns its manifest record."""
+    stem = row["stem"]
+    rec = dict(row)
+    rec["seed"] = tr.seed
+    rec["init"] = tr.init
+    if truth is not None:
+        rec["truth"] = str(save_png(tmp / "truth" / f"{stem}.png", truth).relative_to(tmp))
+    if tr.blurry is not None:
+        rec["blurry"] = str(save_png(tmp / "blurry" / f"{stem}.png", tr.blurry).relative_to(tmp))
+    cands = []
+    for k, c in enumerate(tr.candidates):
+        path = save_png(tmp / "candidates" / stem / f"{k:02d}.png", c.image)
+        cands.append({"path": str(path.relative_to(tmp)), **c.record()})
+    rec["candidates"] = cands
+    rec["chosen_index"] = tr.chosen
+    rec["chosen"] = str(save_png(tmp / "chosen" / f"{stem}.png", tr.image).relative_to(tmp))
+    rec["retrieved"] = [{"rank": h.rank, "id": h.id, "score": h.score, "key": h.path} for h in tr.retrieved]
+    if tr.top_retrieved is not None:
+        rec["top_retrieved"] = str(save_png(tmp / "retrieved" / f"{stem}.png", tr.top_retrieved).relative_to(tmp))
+    return rec
