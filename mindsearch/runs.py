@@ -173,8 +173,10 @@ def zscore_tensors(zscores: dict) -> dict:
 
 
 def _portable_data(data: dict | None, run_dir: Path) -> dict | None:
+    """The data record with its path relative to the run directory. Writers record absolute
+    paths; a relative one already is a run record's (e.g. copied from another run beside it)."""
     path = (data or {}).get("path")
-    if not path or "://" in str(path):
+    if not path or "://" in str(path) or not Path(path).is_absolute():
         return data
     return {**data, "path": os.path.relpath(Path(path).resolve(), run_dir.resolve())}
 
