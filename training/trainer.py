@@ -595,7 +595,7 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
                 val[s] = (te.voxels, te.image_ids)
         info = {
             "space": ds.target_space,
-            "data": {"path": str(ds.root), "layout": ds.layout, "fingerprint": ds.fingerprint(),
+            "data": {"path": str(Path(ds.root).resolve()), "layout": ds.layout, "fingerprint": ds.fingerprint(),
                      "sessions": sessions},
         }
         model = None
