@@ -48,6 +48,37 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float):
     return model.coef_.astype(np.float32), np.asarray(model.intercept_, np.float32)
 
 
+def average_by_image(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each image's rows (Brain-Diffuser averages repetitions before fitting) and the ids."""
+    uniq, inv = np.unique(np.asarray(ids), return_inverse=True)
+    sums = np.zeros((len(uniq), x.shape[1]), np.float64)
+    np.add.at(sums, inv, x)
+    return (sums / np.bincount(inv)[:, None]).astype(np.float32), uniq
+
+
+def linear_start(x: np.ndarray, y: np.ndarray, rank: int, alpha: float | None = None, seed: int = 0) -> dict:
+    """Ridge from ``x`` (n, V) to flattened ``y`` (n, T*D), factored as ``W ~ B A`` of rank <= ``rank``
+    (the truncated SVD of the ridge solution: exact when the solution's rank fits), for
+    ``MindEyeModel.start_linear``. ``alpha`` is chosen on held-out rows (``choose_alpha``) when None."""
+    info = {}
+    if alpha is None:
+        alpha, info = choose_alpha(x, y, seed=seed)
+    coef, intercept = fit_ridge(x, y, alpha)
+    u, s, vt = np.linalg.svd(coef.astype(np.float64), full_matrices=False)
+    k = int(min(rank, int((s > s[0] * 1e-7).sum()) if len(s) else 0))
+    root = np.sqrt(s[:k])
+    return {"a_weight": (root[:, None] * vt[:k]).astype(np.float32), "a_bias": np.zeros(k, np.float32),
+            "b_weight": (u[:, :k] * root).astype(np.float32), "b_bias": intercept, "coef": coef,
+            "alpha": float(alpha), "rank": k,
+            "energy_kept": float((s[:k] ** 2).sum() / max((s ** 2).sum(), 1e-30)), "alpha_search": info}
+
+
+def adapter_for(coef: np.ndarray, intercept: np.ndarray, b_weight: np.ndarray, b_bias: np.ndarray):
+    """Another subject's adapter under a shared read-out ``B``: ``A = pinv(B) W``, ``a = pinv(B)(c - b)``."""
+    pinv = np.linalg.pinv(b_weight.astype(np.float64))
+    return (pinv @ coef).astype(np.float32), (pinv @ (intercept - b_bias)).astype(np.float32)
+
+
 def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str = "betas",
                 sessions: list[int] | None = None, alpha: float | None = None, seed: int = 0,
                 targets: str | None = None, progress=None) -> dict:

@@ -33,27 +33,31 @@ def softclip_temperature(epoch: int, epochs: int, mixup_pct: float, start=0.004,
     return float(temps[min(max(epoch - first, 0), len(temps) - 1)]) if len(temps) else float(start)
 
 
-def param_groups(model, weight_decay: float = 1e-2) -> list[dict]:
-    """Decay matrices only: biases and LayerNorm/GroupNorm weights (all 1-D) are exempt."""
+def param_groups(model, weight_decay: float = 1e-2, decay_norms: bool = False) -> list[dict]:
+    """Decay matrices only: biases and LayerNorm/GroupNorm weights (all 1-D) are exempt, unless
+    ``decay_norms`` (MindEye's anchors exempt only biases, and ``LayerNorm.bias``: they decay
+    the norms' weights)."""
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        exempt = name.endswith("bias") if decay_norms else p.ndim <= 1
+        (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
 
-def make_optimizer(model, lr: float = 3e-4, weight_decay: float = 1e-2):
+def make_optimizer(model, lr: float = 3e-4, weight_decay: float = 1e-2, decay_norms: bool = False):
     """AdamW, fused where torch supports it (CPU and CUDA): a quarter of a CPU step otherwise."""
     import torch
 
+    groups = param_groups(model, weight_decay, decay_norms)
     try:
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def make_scheduler(optimizer, max_lr: float, total_steps: int, epochs: int):
