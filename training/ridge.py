@@ -58,19 +58,27 @@ def average_by_image(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def linear_start(x: np.ndarray, y: np.ndarray, rank: int, alpha: float | None = None, seed: int = 0) -> dict:
     """Ridge from ``x`` (n, V) to flattened ``y`` (n, T*D), factored as ``W ~ B A`` of rank <= ``rank``
-    (the truncated SVD of the ridge solution: exact when the solution's rank fits), for
-    ``MindEyeModel.start_linear``. ``alpha`` is chosen on held-out rows (``choose_alpha``) when None."""
+    (the truncated SVD of the ridge solution: exact when the solution's rank, at most n, fits), for
+    ``MindEyeModel.start_linear``. ``alpha`` is chosen on held-out rows (``choose_alpha``) when None.
+
+    Closed form through the thin SVD of the centred voxels ``X = U S Vt``: ``W = Yc' U diag(s/(s^2+a)) Vt``
+    (sklearn's ``Ridge(fit_intercept=True)``), so only an (n x T*D) matrix is decomposed."""
     info = {}
     if alpha is None:
         alpha, info = choose_alpha(x, y, seed=seed)
-    coef, intercept = fit_ridge(x, y, alpha)
-    u, s, vt = np.linalg.svd(coef.astype(np.float64), full_matrices=False)
-    k = int(min(rank, int((s > s[0] * 1e-7).sum()) if len(s) else 0))
-    root = np.sqrt(s[:k])
-    return {"a_weight": (root[:, None] * vt[:k]).astype(np.float32), "a_bias": np.zeros(k, np.float32),
-            "b_weight": (u[:, :k] * root).astype(np.float32), "b_bias": intercept, "coef": coef,
-            "alpha": float(alpha), "rank": k,
-            "energy_kept": float((s[:k] ** 2).sum() / max((s ** 2).sum(), 1e-30)), "alpha_search": info}
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    x_mean, y_mean = x64.mean(0), y64.mean(0)
+    u, s, vt = np.linalg.svd(x64 - x_mean, full_matrices=False)
+    m = (y64 - y_mean).T @ (u * (s / (s**2 + alpha)))  # (T*D, n): W = m @ vt
+    p, sig, qt = np.linalg.svd(m, full_matrices=False)
+    k = int(min(rank, int((sig > sig[0] * 1e-7).sum()) if len(sig) and sig[0] > 0 else 0))
+    root = np.sqrt(sig[:k])
+    coef = m @ vt
+    intercept = y_mean - coef @ x_mean
+    return {"a_weight": (root[:, None] * (qt[:k] @ vt)).astype(np.float32), "a_bias": np.zeros(k, np.float32),
+            "b_weight": (p[:, :k] * root).astype(np.float32), "b_bias": intercept.astype(np.float32),
+            "coef": coef.astype(np.float32), "alpha": float(alpha), "rank": k,
+            "energy_kept": float((sig[:k] ** 2).sum() / max((sig ** 2).sum(), 1e-30)), "alpha_search": info}
 
 
 def adapter_for(coef: np.ndarray, intercept: np.ndarray, b_weight: np.ndarray, b_bias: np.ndarray):
