@@ -130,3 +130,25 @@ def test_non_finite_inputs_are_rejected_before_training(tmp_path, ridge_preset):
     with pytest.raises(MindsearchError, match="image id 7"):
         train_arrays(vox, ids, t, _cfg(ridge_preset), tmp_path / "b", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_fine_tuning_gives_a_new_subject_its_ridge_adapter(tmp_path, ridge_preset):
+    """Pretrain on subject 1; subject 2 (other voxels) joins with the ridge map through the trained
+    read-out, so before any fine-tuning step it already retrieves far above chance."""
+    from mindsearch.models import from_pretrained
+    from mindsearch.training.trainer import build_model, ridge_start
+
+    targets, vox1, ids1 = _world(seed=0)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((T * D, 30)).astype(np.float32)
+    x2 = targets[ids1[1]].reshape(len(ids1[1]), -1) @ w + rng.standard_normal((len(ids1[1]), 30))
+    vox2 = {2: ((x2 - x2.mean(0)) / x2.std(0)).astype(np.float32)}
+    train_arrays(vox1, ids1, targets, _cfg(ridge_preset, steps=5), tmp_path / "pre", progress=False)
+    cfg = _cfg(ridge_preset)
+    model = build_model(cfg, {2: 30}, T, D, targets, model=from_pretrained(tmp_path / "pre"))
+    info = ridge_start(model, vox2, {2: ids1[1]}, lambda i: targets[i], cfg, subjects=[2])
+    assert set(info) == {"2"}
+    first = np.unique(ids1[1], return_index=True)[1]  # one trial per image
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(vox2[2][first]), 2).disjointed.numpy()
+    assert top1_full_pool(out, targets[ids1[1][first]])[0] > 0.3  # chance is 1/60

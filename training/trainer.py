@@ -72,6 +72,7 @@ class TrainConfig:
     lowlevel_weight: float = 0.5  # MindEye2's weight on (L1/0.18215 + 0.1 * L_cont)
     init: str = "random"  # "ridge": start as the closed-form ridge solution (needs the mindeye2 block)
     ridge_alpha: float | None = None  # ridge start: None = chosen on held-out training images
+    linear_lr_scale: float = 0.1  # ridge start: the linear path (adapters, output linear) trains at lr x this
     accumulate: int = 1
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, off on CPU) | no | bf16 | fp16
@@ -200,20 +201,29 @@ def build_model(cfg: TrainConfig, n_voxels: dict, tokens: int, dim: int, sample_
     return model
 
 
-def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None) -> dict:
-    """Set the model to the ridge solution of its first subject (factored through the hidden
-    width) and the other subjects' adapters to their ridge maps under the shared read-out.
-    Ridge sees each image's trials averaged, as the ridge baseline does."""
+def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None, subjects=None) -> dict:
+    """Set a new model to the ridge solution of its first subject (factored through the hidden
+    width) and the other subjects' adapters to their ridge maps under the shared read-out. On a
+    trained model (fine-tuning) only ``subjects`` (the new ones) get adapters: their ridge maps
+    under the model's output linear. Ridge sees each image's trials averaged, as the ridge
+    baseline does."""
     from mindsearch.training.ridge import adapter_for, average_by_image, linear_start
 
-    subjects = sorted(vox)
     info = {}
     shared = None
-    for s in subjects:
+    if subjects is not None:  # fine-tuning: the read-out is the trained model's
+        out = model.backbone.to_tokens
+        shared = {"b_weight": out.weight.detach().cpu().double().numpy(),
+                  "b_bias": out.bias.detach().cpu().double().numpy()}
+    for s in sorted(vox) if subjects is None else subjects:
         x, uniq = average_by_image(np.asarray(vox[s], np.float32), ids[s])
         y = lookup(uniq).reshape(len(uniq), -1)
         if shared is None:
             shared = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed)
+            # Balance the factors so the hidden activations have unit RMS, as a trained trunk's do:
+            # the residual blocks' corrections are then relative to a signal of known size.
+            rms = float(np.sqrt(np.mean((x @ shared["a_weight"].T) ** 2))) or 1.0
+            shared["a_weight"], shared["b_weight"] = shared["a_weight"] / rms, shared["b_weight"] * rms
             model.start_linear(s, shared["a_weight"], shared["a_bias"], shared["b_weight"], shared["b_bias"])
             info[str(s)] = {k: shared[k] for k in ("alpha", "rank", "energy_kept")}
         else:
@@ -313,7 +323,7 @@ def _epoch_line(record: dict) -> str:
     line = f"epoch {record['epoch']}: {record['phase']} loss {record['loss']:.4f}, lr {record['lr']:.2e}"
     for s, v in (record.get("val") or {}).items():
         if isinstance(v, dict) and "brain_to_image_top1" in v:
-            line += (f"; val subject {s} single-trial top-1 /{v['n']}: brain->image "
+            line += (f"; val subject {s} top-1 /{v['n']}: brain->image "
                      f"{v['brain_to_image_top1']:.1%}, image->brain {v['image_to_brain_top1']:.1%}")
     return line
 
@@ -406,9 +416,12 @@ def train_arrays(
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
     n_voxels = {s: int(vox[s].shape[1]) for s in subjects}
+    new = subjects if model is None else [s for s in subjects if s not in model.subjects]
     fresh = model is None
     model = build_model(cfg, n_voxels, tokens, dim, sample_targets, model, model_overrides)
-    ridge_info = ridge_start(model, vox, ids, lookup, cfg, say) if cfg.init == "ridge" and fresh else None
+    ridge_info = None
+    if cfg.init == "ridge" and new:
+        ridge_info = ridge_start(model, vox, ids, lookup, cfg, say, subjects=None if fresh else new)
 
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     mp = cfg.mixed_precision
@@ -440,7 +453,10 @@ def train_arrays(
         total_steps = auto_steps(steps_per_epoch * per_subject_bs * cfg.accumulate, per_subject_bs * cfg.accumulate)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, decay_norms=cfg.decay_norms)
+    # With a ridge start the residual branches learn the correction; the linear path moves slowly.
+    scales = {"adapters.": cfg.linear_lr_scale, "backbone.to_tokens.": cfg.linear_lr_scale} \
+        if cfg.init == "ridge" else None
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, decay_norms=cfg.decay_norms, lr_scales=scales)
     scheduler = make_scheduler(optimizer, cfg.lr, total_steps, n_epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
