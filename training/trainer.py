@@ -81,6 +81,7 @@ class TrainConfig:
     val_size: int = 300  # at most this many validation images in the top-1
     select: str = "best"  # "best": keep the validated step with the best top-1 (step 0 included); "last"
     patience: int = 0  # stop after this many validations without improvement (0 = never)
+    select_margin: float = 2.0  # ridge start: a trained step must beat step 0 by this many standard errors
     ckpt_every_steps: int = 0  # 0 = only at epoch ends
     max_steps: int | None = None  # stop (resumably) after this many optimiser steps
     adapter_only: bool = False  # train only the adapters of the subjects being trained
@@ -502,7 +503,13 @@ def train_arrays(
         if res:
             score = res["mean_brain_to_image_top1"]
             val_curve.append([step, score])
-            if score > best["score"]:
+            # Leaving a ridge start takes a clear win, not a lucky draw of a small validation set:
+            # a margin of select_margin binomial standard errors of the start's top-1.
+            n = sum(r["n"] for k, r in res.items() if k != "mean_brain_to_image_top1")
+            margin = 0.0
+            if best["step"] == 0 and cfg.init == "ridge" and n:
+                margin = cfg.select_margin * math.sqrt(max(best["score"] * (1 - best["score"]), 1 / n) / n)
+            if score > best["score"] + margin:
                 best.update(step=step, score=score,
                             weights={k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
                             if cfg.select == "best" else None)
