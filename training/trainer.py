@@ -237,6 +237,42 @@ def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None,
     return info
 
 
+# ----------------------------------------------------------------------------- choosing the step
+
+
+class StepSelection:
+    """The validated step a run keeps: the best brain->image top-1 so far, with its weights
+    (``select="best"``); step 0 competes only when it is a model worth keeping (a ridge start, a
+    run being fine-tuned). Leaving a ridge start takes a clear win, not a lucky draw of a small
+    validation set: ``select_margin`` binomial standard errors of the start's top-1."""
+
+    def __init__(self, cfg: TrainConfig, start_is_candidate: bool = True):
+        self.cfg, self.step, self.score, self.weights, self.curve = cfg, None, -1.0, None, []
+        self.start_is_candidate = start_is_candidate
+
+    def offer(self, step: int, res: dict, model) -> None:
+        score = res["mean_brain_to_image_top1"]
+        self.curve.append([step, score])
+        if step == 0 and not self.start_is_candidate:
+            return  # random weights are measured (the curve's origin), never kept
+        n = sum(r["n"] for k, r in res.items() if k != "mean_brain_to_image_top1")
+        margin = 0.0
+        if self.step == 0 and self.cfg.init == "ridge" and n:
+            margin = self.cfg.select_margin * math.sqrt(max(self.score * (1 - self.score), 1 / n) / n)
+        if score > self.score + margin:
+            self.step, self.score = step, score
+            if self.cfg.select == "best":
+                self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def state(self) -> dict:
+        return {"val_curve": self.curve, "best_step": self.step, "best_score": self.score}
+
+    def restore(self, position: dict, weights: dict) -> None:
+        self.curve = position.get("val_curve", [])
+        self.step, self.score = position.get("best_step"), position.get("best_score", -1.0)
+        self.weights = weights or None
+
+
 # ----------------------------------------------------------------------------- one step
 
 
@@ -484,15 +520,13 @@ def train_arrays(
 
     # --- 3. state: fresh, or restored from the last readable checkpoint
     global_step, history, epoch_losses = 0, [], []
-    best = {"step": None, "score": -1.0, "weights": None}
-    val_curve = []
+    # Step 0 is a candidate when it is a real model: a ridge start or a run being fine-tuned.
+    best = StepSelection(cfg, start_is_candidate=cfg.init == "ridge" or not fresh)
     if resume and checkpoints.has_checkpoint(out_dir):
         state, extra = checkpoints.load(out_dir, raw, optimizer, scheduler, warn=say)
         pos = state["position"]
         global_step, history, epoch_losses = pos["global_step"], pos.get("history", []), pos.get("epoch_losses", [])
-        val_curve = pos.get("val_curve", [])
-        best.update(step=pos.get("best_step"), score=pos.get("best_score", -1.0))
-        best["weights"] = extra or None
+        best.restore(pos, extra)
         saved = state["config"]
         if (saved.get("seed"), saved.get("epochs"), saved.get("steps")) != (cfg.seed, cfg.epochs, cfg.steps):
             raise MindsearchError("resume: the checkpoint was made with a different seed or schedule",
@@ -501,30 +535,19 @@ def train_arrays(
     def evaluate_and_select(step: int) -> dict:
         res = validate(raw, val_sets, lookup, device, cfg.val_size)
         if res:
-            score = res["mean_brain_to_image_top1"]
-            val_curve.append([step, score])
-            # Leaving a ridge start takes a clear win, not a lucky draw of a small validation set:
-            # a margin of select_margin binomial standard errors of the start's top-1.
-            n = sum(r["n"] for k, r in res.items() if k != "mean_brain_to_image_top1")
-            margin = 0.0
-            if best["step"] == 0 and cfg.init == "ridge" and n:
-                margin = cfg.select_margin * math.sqrt(max(best["score"] * (1 - best["score"]), 1 / n) / n)
-            if score > best["score"] + margin:
-                best.update(step=step, score=score,
-                            weights={k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
-                            if cfg.select == "best" else None)
+            best.offer(step, res, raw)
         return res
 
     def save_checkpoint():
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             position = {"global_step": global_step, "history": history, "epoch_losses": list(epoch_losses),
-                        "val_curve": val_curve, "best_step": best["step"], "best_score": best["score"]}
+                        **best.state()}
             checkpoints.save(out_dir, raw, optimizer, scheduler, {"position": position, "config": cfg.to_dict()},
-                             extra=best["weights"])
+                             extra=best.weights)
 
     if global_step == 0 and val_sets:
-        res0 = evaluate_and_select(0)  # step 0 is a candidate: training must beat where it starts
+        res0 = evaluate_and_select(0)  # where training starts; a ridge start must be beaten to be left
         if res0:
             say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}")
     if global_step == 0 and progress:
@@ -571,9 +594,9 @@ def train_arrays(
             record = {"epoch": epoch, "phase": phase, "temp": temp, "step": global_step,
                       "loss": float(np.mean(epoch_losses)), "lr": scheduler.get_last_lr()[0]}
             if val_sets and ((cfg.val_every and (epoch + 1) % cfg.val_every == 0) or global_step == total_steps):
-                before = best["step"]
+                before = best.step
                 val_res = record["val"] = evaluate_and_select(global_step)
-                stale = 0 if best["step"] != before else stale + 1
+                stale = 0 if best.step != before else stale + 1
                 stopped_early = bool(cfg.patience) and stale >= cfg.patience and global_step < total_steps
             history.append(record)
             epoch_losses = []
@@ -593,10 +616,10 @@ def train_arrays(
     interrupted = global_step < total_steps and not stopped_early
 
     chosen = global_step
-    if not interrupted and cfg.select == "best" and best["step"] is not None:
-        chosen = best["step"]
+    if not interrupted and cfg.select == "best" and best.step is not None:
+        chosen = best.step
         if chosen != global_step:
-            raw.load_state_dict(best["weights"])
+            raw.load_state_dict(best.weights)
     summary = {
         "out_dir": str(out_dir),
         "interrupted": interrupted,
@@ -605,9 +628,9 @@ def train_arrays(
         "global_step": global_step,
         "total_steps": total_steps,
         "chosen_step": chosen,
-        "chosen_val_top1": best["score"] if best["step"] is not None else None,
+        "chosen_val_top1": best.score if best.step is not None else None,
         "stopped_early": stopped_early,
-        "val_curve": val_curve,
+        "val_curve": best.curve,
         "n_val_images": int(len(val_images)),
         "ridge_start": ridge_info,
         "final_loss": last_loss,
@@ -623,7 +646,7 @@ def train_arrays(
     if interrupted:
         return summary
     if chosen != global_step:
-        say(f"keeping step {chosen} of {global_step} (best validation top-1 {best['score']:.1%})")
+        say(f"keeping step {chosen} of {global_step} (best validation top-1 {best.score:.1%})")
 
     # --- 5. the run directory
     accelerator.wait_for_everyone()
