@@ -154,3 +154,19 @@ def test_fine_tuning_gives_a_new_subject_its_ridge_adapter(tmp_path, ridge_prese
     with torch.no_grad():
         out = model.eval()(torch.from_numpy(vox2[2][first]), 2).disjointed.numpy()
     assert top1_full_pool(out, targets[ids1[1][first]])[0] > 0.3  # chance is 1/60
+
+
+def test_a_kept_ridge_start_is_the_ridge_baseline(tmp_path, ridge_preset):
+    """When no trained step beats the start, the run is ridge refitted on every training image
+    (validation images too): the same predictions as training.ridge's fit on those rows."""
+    from mindsearch.runs import open_run
+    from mindsearch.training.ridge import average_by_image, fit_ridge
+
+    targets, vox, ids = _world()
+    s = train_arrays(vox, ids, targets, _cfg(ridge_preset, lr=1e-9, ridge_alpha=30.0), tmp_path / "run",
+                     progress=False)
+    assert s["chosen_step"] == 0 and s["ridge_refit_on_all_images"]
+    x, uniq = average_by_image(vox[1], ids[1])
+    coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)
+    ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
+    np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept, rtol=1e-3, atol=1e-3)

@@ -437,6 +437,7 @@ def train_arrays(
         raise MindsearchError("use_lowlevel needs low-level targets (VAE latents), which were not given")
     _check_finite(vox, ids, lookup)
     val_images = np.zeros(0, np.int64)
+    every_vox, every_ids = dict(vox), dict(ids)  # before validation is held out
     if val is None:
         val_images = hold_out_images(ids, cfg.val_fraction, cfg.seed)
         val = {}
@@ -645,6 +646,11 @@ def train_arrays(
     }
     if interrupted:
         return summary
+    if chosen == 0 and ridge_info and fresh and len(val_images):
+        # Training did not beat the ridge start: keep ridge, refitted on every training image
+        # (validation included), which is what the ridge baseline fits.
+        summary["ridge_start"] = ridge_start(raw, every_vox, every_ids, lookup, cfg, say)
+        summary["ridge_refit_on_all_images"] = True
     if chosen != global_step:
         say(f"keeping step {chosen} of {global_step} (best validation top-1 {best.score:.1%})")
 
