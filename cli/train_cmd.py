@@ -11,9 +11,11 @@ from mindsearch.cli.common import (check_out_dir, emit_json, parse_ints, parse_s
 
 SEED = click.IntRange(0, 2**32 - 1)
 # TrainConfig fields that have a flag of their own: --set for them is refused, not merged.
-FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed", "device": "--device",
-         "preset": "--preset", "use_lowlevel": "--vae"}
+FLAGS = {"epochs": "--epochs", "steps": "--steps", "batch_size": "--batch-size", "seed": "--seed",
+         "device": "--device", "preset": "--preset", "use_lowlevel": "--vae"}
 from mindsearch.models.factory import list_presets
+
+DEFAULT_PRESET = "cpu"
 
 
 @click.command()
@@ -24,10 +26,13 @@ from mindsearch.models.factory import list_presets
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
               help="Start from a pretrained run (adds a new subject adapter when needed).")
 @click.option("--model", type=click.Choice(["mindeye", "ridge"]), default="mindeye", show_default=True)
-@click.option("--preset", type=click.Choice(list_presets()), default="tiny", show_default=True,
-              help="Model preset (the JSON files in mindsearch/models/configs/).")
+@click.option("--preset", type=click.Choice(list_presets()), default=None,
+              help="Model preset (the JSON files in mindsearch/models/configs/). Default: cpu, a ridge-started "
+                   "MindEye2-style encoder sized for a CPU; on a GPU consider mindeye2-1024 or mindeye2.")
 @click.option("--sessions", default=None, help="Train only on these sessions, e.g. 1 or 1,2,3.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Optimiser steps of the whole schedule (default: the preset's epochs, or a data-aware number).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Override the preset's batch size.")
 @click.option("--average", type=click.Choice(["betas", "none"]), default=None,
               help="Ridge: fit on averaged repetitions (default) or single trials.")
@@ -45,7 +50,7 @@ from mindsearch.models.factory import list_presets
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a training setting, e.g. --set use_prior=false --set loss=clip (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, epochs, batch_size,
+def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, epochs, steps, batch_size,
           average, alpha, device, seed, resume, vae, vae_size, out, settings, as_json):
     """Train a brain encoder on one subject and write a run directory (safetensors + JSON)."""
     sessions = parse_ints(sessions)
@@ -71,9 +76,9 @@ def train(data, subject, subjects, pretrain, from_run, model, preset, sessions, 
 
         with removed_if_failed(out):
             summary = train_encoder(data, subject, out, subjects=parse_ints(subjects), pretrain=pretrain,
-                                    from_run=from_run, preset=preset, sessions=sessions, epochs=epochs,
-                                    batch_size=batch_size, device=device, seed=seed, resume=resume,
-                                    progress=say, vae=vae, vae_size=vae_size, **overrides)
+                                    from_run=from_run, preset=preset or DEFAULT_PRESET, sessions=sessions,
+                                    epochs=epochs, steps=steps, batch_size=batch_size, device=device, seed=seed,
+                                    resume=resume, progress=say, vae=vae, vae_size=vae_size, **overrides)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch` / torchrun only rank 0 reports (one summary, one JSON)
     say(f"peak memory {peak_rss_mib():.0f} MiB")

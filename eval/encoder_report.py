@@ -80,6 +80,39 @@ def curve_points(results):
     return pts
 
 
+REGIME_HEADER = ["sessions", "ridge b→i", "encoder (scratch)", "encoder (pretrained + fine-tuned)",
+                 "encoder + CSLS", "encoder i→b", "encoder + CSLS i→b", "ceiling b→i"]
+
+
+def regime_rows(results) -> list[list[str]]:
+    """One row per regime (1, 2, 3, 5 sessions, all): brain→image top-1 % (betas averaged) of
+    ridge, the encoder from scratch and fine-tuned, the scratch encoder with CSLS, the ceiling."""
+    runs = results["runs"]
+    names = sorted({n.split("-", 2)[2] for n in runs if n.startswith("regime-ridge-")},
+                   key=lambda n: (n == "all", int(n) if n.isdigit() else 0))
+    rows = []
+    for n in names:
+        def top1(kind, key="brain_to_image_top1", csls=False):
+            r = runs.get(f"regime-{kind}-{n}")
+            if not r:
+                return None
+            b = r["scores"]["betas"]
+            return (b.get("csls") or {}).get(key) if csls else b.get(key)
+
+        ceiling = (runs.get(f"regime-ridge-{n}") or {}).get("scores", {}).get("betas", {}).get(
+            "ceiling_brain_to_image_top1")
+        rows.append([n, _pct(top1("ridge")), _pct(top1("scratch")), _pct(top1("finetune")),
+                     _pct(top1("scratch", csls=True)), _pct(top1("scratch", "image_to_brain_top1")),
+                     _pct(top1("scratch", "image_to_brain_top1", csls=True)), _pct(ceiling)])
+    return rows
+
+
+def _fmt_rows(header, rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+
+
 def render_table(results) -> str:
     rows = table_rows(results)
     widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(len(HEADER))]
@@ -93,6 +126,19 @@ def render_table(results) -> str:
             lines.append(f"  {kind:8s} " + "  ".join(f"{n}: {_pct(v)}" for n, v in p))
         c, _ = _ceiling(results)
         lines.append(f"  ceiling  {_pct(c)}")
+    regimes = regime_rows(results)
+    if regimes:
+        lines += ["", "regimes (top-1 % in 300 x 30, betas averaged; CSLS reported beside the protocol):"]
+        lines += _fmt_rows(REGIME_HEADER, regimes)
+    semi = results.get("semireal")
+    if semi:
+        lines += ["", f"semi-real (MiniLM caption embeddings, real ncsnr, median {semi['ncsnr_median']:.2f}):"]
+        for name in ("ridge", "encoder"):
+            if name in semi:
+                r = semi[name]
+                lines.append(f"  {name:8s} b→i {_pct(r['brain_to_image_top1'])}  i→b {_pct(r['image_to_brain_top1'])}"
+                             f"  CSLS b→i {_pct(r['csls']['brain_to_image_top1'])}  i→b "
+                             f"{_pct(r['csls']['image_to_brain_top1'])}")
     return "\n".join(lines)
 
 
@@ -132,6 +178,15 @@ def _svg_curve(results, width=560, height=320) -> str:
     return "\n".join(out)
 
 
+def _regime_html(results) -> str:
+    rows = regime_rows(results)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in REGIME_HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<h2>Regimes</h2><table><tr>{head}</tr>{body}</table>"
+
+
 def render_html(results) -> str:
     rows = table_rows(results)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
@@ -152,5 +207,6 @@ Machine: {machine.get('cpus')} CPUs, load average (1/5/15 min) {load(machine.get
 <table><tr>{head}</tr>{body}</table>
 <h2>Learning curve</h2>
 {_svg_curve(results)}
+{_regime_html(results)}
 </body></html>
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mindsearch.retrieval import average_by_group, retrieval_scores
+from mindsearch.retrieval import average_by_group, csls_scores, retrieval_scores
 from mindsearch.errors import MindsearchError
 
 AVERAGING = ("betas", "outputs", "single")
@@ -63,9 +63,24 @@ def ceiling(ds, subject: int, average: str) -> dict:
     return {f"ceiling_{k}": v for k, v in mode.items() if k.endswith("top1")}
 
 
+def reference_bank(run, ds, subject: int, embedding: str = "disjointed", limit: int = 3000):
+    """Training-split brain embeddings (repetitions averaged) and their images' embeddings, up to
+    ``limit`` images: the reference for hubness correction, never the test set."""
+    from mindsearch.data.preprocess import load_split
+
+    split = load_split(ds, subject, "train", zscore=True, average="betas")
+    rows = np.arange(len(split.image_ids))
+    if len(rows) > limit:
+        rows = np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
+    brain = run.encode(split.voxels[rows], subject=subject, zscore=False, outputs=(embedding,))[embedding]
+    return brain, ds.targets(split.image_ids[rows])
+
+
 def evaluate_run(run_path, data=None, *, average: str = "betas", pool: int = 300,
                  loops: int = 30, seed: int = 42, subject: int | None = None,
-                 embedding: str = "disjointed") -> dict:
+                 embedding: str = "disjointed", hubness: str | None = None, hubness_k: int = 10) -> dict:
+    """The protocol's scores for a run; ``hubness="csls"`` adds ``scores["csls"]`` (CSLS with a
+    training-split reference bank) beside, never in place of, the plain-cosine numbers."""
     from mindsearch.data import open_dataset
     from mindsearch.runs import open_run
 
@@ -79,6 +94,12 @@ def evaluate_run(run_path, data=None, *, average: str = "betas", pool: int = 300
         images = ds.targets(ids)
         scores = retrieval_scores(brain, images, pool=pool, loops=loops, seed=seed)
         scores.update(ceiling(ds, subject, average))
+        if hubness == "csls":
+            ref_brain, ref_images = reference_bank(run, ds, subject, embedding)
+            scores["csls"] = csls_scores(brain, images, ref_brain, ref_images, k=hubness_k, pool=pool,
+                                         loops=loops, seed=seed)
+        elif hubness is not None:
+            raise MindsearchError(f"unknown hubness correction {hubness!r} (choose csls)")
         if ds.fingerprint() != run.config.get("data", {}).get("fingerprint"):
             scores["warning"] = "dataset fingerprint differs from the one the run was trained on"
     scores.update({"run": str(run_path), "model": run.model_type, "subject": subject,

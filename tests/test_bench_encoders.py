@@ -36,3 +36,25 @@ def test_report_puts_the_ceiling_and_curve_in():
     assert "Bayes ceiling" in text and "99.0" in text and "18.0" in text
     page = render_html(results)
     assert "<svg" in page and "Bayes ceiling 99.0%" in page
+
+
+def test_regimes_plan_and_table():
+    from mindsearch.eval.encoder_report import regime_rows
+
+    jobs = plan(Path("/d"), Path("/w"), 1, [2], 16, ["regimes"], "light", None, regime_steps=500)
+    names = {j["name"]: j for j in jobs}
+    assert {f"regime-{k}-{n}" for k in ("ridge", "scratch", "finetune") for n in (1, 2, 3, 5, "all")} <= set(names)
+    fine = names["regime-finetune-3"]
+    assert fine["after"] == "regime-pretrain" and fine["args"][fine["args"].index("--sessions") + 1] == "1,2,3"
+    assert fine["args"][fine["args"].index("--preset") + 1] == "cpu" and "500" in fine["args"]
+    assert "--sessions" not in names["regime-scratch-all"]["args"]
+
+    def run(b2i, csls=None):
+        return {"scores": {"betas": {"brain_to_image_top1": b2i, "image_to_brain_top1": b2i / 2,
+                                     "ceiling_brain_to_image_top1": 0.99, "csls": csls}}}
+
+    results = {"runs": {"regime-ridge-1": run(0.1), "regime-scratch-1": run(0.2, {"brain_to_image_top1": 0.25,
+                                                                                  "image_to_brain_top1": 0.3}),
+                        "regime-ridge-all": run(0.2)}}
+    rows = regime_rows(results)
+    assert rows[0] == ["1", "10.0", "20.0", "-", "25.0", "10.0", "30.0", "99.0"] and rows[1][0] == "all"

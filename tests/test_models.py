@@ -255,3 +255,20 @@ def test_mindeye2_sampler_grid():
     cond = torch.randn(3, 2, 8)
     out = prior.eval().sample(cond, steps=20, generator=torch.Generator().manual_seed(0))
     assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
+
+
+def test_mindeye2_preset_counts_as_mindeye2_does():
+    """adapter + 4 residual blocks + output linear + clip_proj at hidden 4096, 15,724 voxels:
+    64,409,600 + 134,283,264 + 1,745,256,448 + 8,321,664 (ANCHORS 3.4, MindEye2's own count)."""
+    n = count_parameters("mindeye2", {1: 15724}, parts=("adapters", "backbone", "projector"))
+    assert abs(n - 1_952_270_976) <= 1e-4 * 1_952_270_976
+    model = create_model("mindeye2", {1: 15724}, device="meta")
+    assert sum(p.numel() for p in model.adapters.parameters()) == 64_409_600
+    assert sum(p.numel() for p in model.backbone.blocks.parameters()) == 134_283_264
+    assert sum(p.numel() for p in model.backbone.to_tokens.parameters()) == 1_745_256_448
+    assert sum(p.numel() for p in model.projector.parameters()) == 8_321_664
+    block = model.backbone.blocks[0].net  # LN -> Linear -> GELU -> Dropout -> Linear
+    assert [type(m).__name__ for m in block] == ["LayerNorm", "Linear", "GELU", "Dropout", "Linear"]
+    assert model.prior.image_cond_drop_prob == 0.2 and model.prior.timestep_grid(20)[0] == 94
+    small = count_parameters("mindeye2-1024", {1: 15724}, parts=("adapters", "backbone", "projector"))
+    assert small == 15725 * 1024 + 4 * (2 * 1024 + 2 * (1024 * 1024 + 1024)) + 1025 * 256 * 1664 + 8_321_664

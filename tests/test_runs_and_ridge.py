@@ -179,3 +179,17 @@ def test_a_run_moved_with_its_data_still_finds_it(tmp_path, world):
     cfg["data"]["path"] = str(data.resolve())  # a run written before the change
     write_json(moved / "ridge" / "config.json", cfg)
     assert open_run(moved / "ridge").data_path == str(data.resolve())
+
+
+def test_eval_hubness_is_reported_beside_the_protocol(world):
+    root, data, _ = world
+    plain = json.loads(CliRunner().invoke(cli, ["eval", "retrieval", "--run", str(root / "ridge"), "--json"]).stdout)
+    res = CliRunner().invoke(cli, ["eval", "retrieval", "--run", str(root / "ridge"), "--hubness", "csls", "--json"])
+    assert res.exit_code == 0, res.output
+    both = json.loads(res.stdout)
+    csls = both.pop("csls")
+    assert both == plain  # the protocol's numbers are untouched
+    assert csls["method"] == "csls" and csls["reference_images"] > 0
+    assert 1 / 60 < csls["brain_to_image_top1"] <= 1 and 1 / 60 < csls["image_to_brain_top1"] <= 1
+    res = CliRunner().invoke(cli, ["eval", "retrieval", "--brain", "b.npy", "--images", "i.npy", "--hubness", "csls"])
+    assert res.exit_code == 2 and "--hubness needs --run" in res.output

@@ -32,7 +32,8 @@ def _world(n_img=32, voxels=(50,), seed=0, reps=1, noise=0.1):
 
 
 def _cfg(**kw):
-    base = dict(preset="tiny", epochs=3, batch_size=8, lr=3e-3, seed=0)
+    # These 32-image worlds train on every image (no validation split) unless a test says otherwise.
+    base = dict(preset="tiny", epochs=3, batch_size=8, lr=3e-3, seed=0, val_fraction=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -153,8 +154,9 @@ def test_config_and_helpers():
     assert top1_full_pool(x, x[::-1].copy()) == (0.0, 0.0)
 
 
-def test_train_mindeye_on_simulated_dataset(tmp_path):
-    """The dataset path: open_dataset + load_split, validation on test images, a usable run."""
+def test_train_mindeye_on_simulated_dataset(tmp_path, monkeypatch):
+    """The dataset path: open_dataset + load_split, validation on held-out TRAINING images (the
+    test split is never read while training), a usable run."""
     pytest.importorskip("h5py")
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
@@ -164,8 +166,19 @@ def test_train_mindeye_on_simulated_dataset(tmp_path):
 
     data = simulate(tmp_path / "ds", preset="small", n_voxels=120, n_shared=40, n_unique=120, image_size=16,
                     tokens=T, dim=D, mc_max_draws=20, mc_min_draws=5)
-    summary = train_mindeye(data, [1], _cfg(epochs=1, batch_size=16), tmp_path / "run", progress=False)
-    assert summary["val"]["1"]["n"] == 40
+    import mindsearch.data.preprocess as preprocess
+
+    real_load_split = preprocess.load_split
+
+    def train_split_only(ds, subject, split, *args, **kw):
+        assert split == "train", f"training read the {split!r} split"
+        return real_load_split(ds, subject, split, *args, **kw)
+
+    monkeypatch.setattr(preprocess, "load_split", train_split_only)
+    summary = train_mindeye(data, [1], _cfg(epochs=1, batch_size=16, val_fraction=0.1), tmp_path / "run",
+                            progress=False)
+    monkeypatch.setattr(preprocess, "load_split", real_load_split)
+    assert summary["val"]["1"]["n"] == summary["n_val_images"] == 12  # 10 % of the 120 training images
     run = open_run(tmp_path / "run")
     with open_dataset(data) as ds:
         assert run.config["data"]["fingerprint"] == ds.fingerprint()

@@ -16,7 +16,7 @@ from mindsearch.errors import MindsearchError
 
 
 def train_encoder(data, subject: int | None = None, out=None, *, subjects=None, pretrain: bool = False,
-                  from_run=None, preset: str = "tiny", sessions=None, epochs: int | None = None,
+                  from_run=None, preset: str = "cpu", sessions=None, epochs: int | None = None, steps: int | None = None,
                   batch_size: int | None = None, device: str = "cpu", seed: int = 0,
                   resume: bool = False, progress=None, show_progress: bool = True, vae=None,
                   vae_size: int | None = None, **overrides) -> dict:
@@ -51,6 +51,8 @@ def train_encoder(data, subject: int | None = None, out=None, *, subjects=None, 
     settings = dict(overrides)
     if epochs is not None:
         settings["epochs"] = epochs
+    if steps is not None:
+        settings["steps"] = steps
     if batch_size is not None:
         settings["batch_size"] = batch_size
     if vae is not None:
@@ -60,6 +62,7 @@ def train_encoder(data, subject: int | None = None, out=None, *, subjects=None, 
     say(f"training {preset} MindEye-style encoder on subject(s) {train_subjects}"
         + (f", sessions {sessions}" if sessions else "") + (f", from {from_run}" if from_run else "")
         + (f", low-level head on {vae}" if vae else "")
-        + f" for {cfg.epochs} epochs on {device}")
+        + (f" for {cfg.steps} steps" if cfg.steps else f" for {cfg.epochs} epochs" if cfg.epochs else
+           " for a data-aware number of steps") + f" on {device}")
     return train_mindeye(data, train_subjects, cfg, out, from_run=from_run, resume=resume,
                          sessions=sessions, progress=show_progress, vae=vae, vae_size=vae_size)

@@ -48,6 +48,45 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float):
     return model.coef_.astype(np.float32), np.asarray(model.intercept_, np.float32)
 
 
+def average_by_image(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each image's rows (Brain-Diffuser averages repetitions before fitting) and the ids."""
+    uniq, inv = np.unique(np.asarray(ids), return_inverse=True)
+    sums = np.zeros((len(uniq), x.shape[1]), np.float64)
+    np.add.at(sums, inv, x)
+    return (sums / np.bincount(inv)[:, None]).astype(np.float32), uniq
+
+
+def linear_start(x: np.ndarray, y: np.ndarray, rank: int, alpha: float | None = None, seed: int = 0) -> dict:
+    """Ridge from ``x`` (n, V) to flattened ``y`` (n, T*D), factored as ``W ~ B A`` of rank <= ``rank``
+    (the truncated SVD of the ridge solution: exact when the solution's rank, at most n, fits), for
+    ``MindEyeModel.start_linear``. ``alpha`` is chosen on held-out rows (``choose_alpha``) when None.
+
+    Closed form through the thin SVD of the centred voxels ``X = U S Vt``: ``W = Yc' U diag(s/(s^2+a)) Vt``
+    (sklearn's ``Ridge(fit_intercept=True)``), so only an (n x T*D) matrix is decomposed."""
+    info = {}
+    if alpha is None:
+        alpha, info = choose_alpha(x, y, seed=seed)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    x_mean, y_mean = x64.mean(0), y64.mean(0)
+    u, s, vt = np.linalg.svd(x64 - x_mean, full_matrices=False)
+    m = (y64 - y_mean).T @ (u * (s / (s**2 + alpha)))  # (T*D, n): W = m @ vt
+    p, sig, qt = np.linalg.svd(m, full_matrices=False)
+    k = int(min(rank, int((sig > sig[0] * 1e-7).sum()) if len(sig) and sig[0] > 0 else 0))
+    root = np.sqrt(sig[:k])
+    coef = m @ vt
+    intercept = y_mean - coef @ x_mean
+    return {"a_weight": (root[:, None] * (qt[:k] @ vt)).astype(np.float32), "a_bias": np.zeros(k, np.float32),
+            "b_weight": (p[:, :k] * root).astype(np.float32), "b_bias": intercept.astype(np.float32),
+            "coef": coef.astype(np.float32), "alpha": float(alpha), "rank": k,
+            "energy_kept": float((sig[:k] ** 2).sum() / max((sig ** 2).sum(), 1e-30)), "alpha_search": info}
+
+
+def adapter_for(coef: np.ndarray, intercept: np.ndarray, b_weight: np.ndarray, b_bias: np.ndarray):
+    """Another subject's adapter under a shared read-out ``B``: ``A = pinv(B) W``, ``a = pinv(B)(c - b)``."""
+    pinv = np.linalg.pinv(b_weight.astype(np.float64))
+    return (pinv @ coef).astype(np.float32), (pinv @ (intercept - b_bias)).astype(np.float32)
+
+
 def train_ridge(data: str | Path, subject: int, out: str | Path, *, average: str = "betas",
                 sessions: list[int] | None = None, alpha: float | None = None, seed: int = 0,
                 targets: str | None = None, progress=None) -> dict:

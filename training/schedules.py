@@ -33,27 +33,33 @@ def softclip_temperature(epoch: int, epochs: int, mixup_pct: float, start=0.004,
     return float(temps[min(max(epoch - first, 0), len(temps) - 1)]) if len(temps) else float(start)
 
 
-def param_groups(model, weight_decay: float = 1e-2) -> list[dict]:
-    """Decay matrices only: biases and LayerNorm/GroupNorm weights (all 1-D) are exempt."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(model, weight_decay: float = 1e-2, decay_norms: bool = False,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Decay matrices only: biases and LayerNorm/GroupNorm weights (all 1-D) are exempt, unless
+    ``decay_norms`` (MindEye's anchors exempt only biases: they decay the norms' weights).
+    ``lr_scales`` {name prefix: factor}: parameters under a prefix train at that fraction of the
+    learning rate (the ridge start's linear path); each group records its ``lr_scale``."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        exempt = name.endswith("bias") if decay_norms else p.ndim <= 1
+        scale = next((f for prefix, f in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((not exempt, float(scale)), []).append(p)
+    order = sorted(groups, key=lambda k: (not k[0], k[1] != 1.0, k[1]))  # decayed, unscaled first
+    return [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]} for k in order]
 
 
-def make_optimizer(model, lr: float = 3e-4, weight_decay: float = 1e-2):
+def make_optimizer(model, lr: float = 3e-4, weight_decay: float = 1e-2, decay_norms: bool = False,
+                   lr_scales: dict[str, float] | None = None):
     """AdamW, fused where torch supports it (CPU and CUDA): a quarter of a CPU step otherwise."""
     import torch
 
+    groups = param_groups(model, weight_decay, decay_norms, lr_scales)
     try:
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def make_scheduler(optimizer, max_lr: float, total_steps: int, epochs: int):
@@ -63,7 +69,7 @@ def make_scheduler(optimizer, max_lr: float, total_steps: int, epochs: int):
     pct_start = min(2 / max(epochs, 1), 0.5)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=max_lr,
+        max_lr=[max_lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups],
         total_steps=max(int(total_steps), 2),
         final_div_factor=1000,
         last_epoch=-1,

@@ -1,33 +1,35 @@
-"""Train a MindEye-style encoder: one readable loop (nanoGPT-style), resumable bit for bit.
+"""Train a MindEye-style encoder: one loop to read top to bottom (nanoGPT's shape), resumable bit for bit.
 
-    for epoch:                         data order = f(seed, epoch, subject), never global state
-        for step:                      one optimiser step = ``accumulate`` micro-batches
-            BiMixCo (first third) or SoftCLIP on the projector + 30 * prior MSE on the backbone
-            AdamW step, OneCycleLR step
-            checkpoint every ``ckpt_every_steps``
-        validation top-1 on a held-out subset; checkpoint
+    model = build_model(...)                      # new (random or ridge start) or fine-tuned
+    while global_step < total_steps:              # epoch, position = divmod(global_step, steps/epoch)
+        xs, ids = get_batch(epoch, k)             # a pure function of (seed, epoch, k): resumable
+        loss = BiMixCo (first third) or SoftCLIP on the projector + 30 * prior MSE (+ low-level)
+        AdamW step, OneCycleLR step
+        at epoch ends: validation top-1 on images held out from TRAINING; checkpoint
+    keep the validated step with the best top-1 (step 0 included); write_run
 
-A checkpoint is ``OUT/checkpoint/{state.safetensors,state.json}``, written atomically: model
-weights, the AdamW state flattened to tensors, the scheduler state, the torch/numpy/python RNG
-states (as uint8 tensors), and the position (epoch, next step). Because the data order is
-recomputed from (seed, epoch) and every random draw in a step (dropout, MixCo, prior
-timesteps/noise) comes from the restored global RNG, a resumed run ends with the same weights as
-an uninterrupted one.
+Validation never sees the test split: ``cfg.val_fraction`` of the training images (all their
+trials, across subjects) is held out (``hold_out_images``). With ``init="ridge"`` the model
+starts as the closed-form ridge solution (``MindEyeModel.start_linear``), so step 0 retrieves as
+ridge does, and since step 0 is a candidate for the chosen step, training can only improve on it
+(on validation). The schedule is in optimiser steps: ``steps`` when given, else ``epochs`` x
+steps per epoch, else a data-aware default (``auto_steps``).
 
-The loop runs under ``accelerate.Accelerator`` so ``accelerate launch`` spreads it over GPUs
-without code changes; by default (no config file, one process) it is plain single-device torch.
-Each process takes its rank's slice of every global batch.
-
-The finished run directory follows the ``mindsearch-run/1`` format: ``config.json`` (with the
-model's resolved architecture under ``"mindeye"``), ``model.safetensors``, ``zscore.safetensors``
-(from ``train_mindeye``) and ``train_log.json``.
+Checkpoints (``training.checkpoints``) restore weights, optimiser, scheduler, RNGs, position and
+the best validated weights; since the data order is recomputed from (seed, epoch) and every random
+draw comes from the restored global RNG, a resumed run ends with the same weights as an
+uninterrupted one. A non-finite loss stops training with an error that leaves the last good
+checkpoint in place. The loop runs under ``accelerate.Accelerator`` so ``accelerate launch``
+spreads it over GPUs; by default (one process) it is plain single-device torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import math
 import random
 import sys
 import time
@@ -39,18 +41,22 @@ import numpy as np
 
 from mindsearch.errors import MindsearchError
 from mindsearch.retrieval import top1_full_pool
+from mindsearch.training import checkpoints
+from mindsearch.training.checkpoints import CKPT_DIR
 
 LOSSES = ("bimixco_softclip", "clip", "bimixco", "softclip")
-CKPT_DIR = "checkpoint"
+INITS = ("random", "ridge")
 
 
 @dataclass
 class TrainConfig:
-    preset: str = "light"  # model preset (tiny | light | paper) or a path to a model config JSON
-    epochs: int = 20
+    preset: str = "light"  # model preset (a name in mindsearch/models/configs) or a path to a JSON config
+    epochs: int | None = 20  # None with steps None: a data-aware number of steps (auto_steps)
+    steps: int | None = None  # optimiser steps of the whole schedule (overrides epochs)
     batch_size: int = 32  # global batch per micro-step, split evenly over subjects
     lr: float = 3e-4  # OneCycleLR max_lr
     weight_decay: float = 1e-2
+    decay_norms: bool = False  # also decay LayerNorm/GroupNorm weights (as MindEye's anchors do)
     seed: int = 42
     loss: str = "bimixco_softclip"
     mixup_pct: float = 0.33
@@ -64,11 +70,18 @@ class TrainConfig:
     use_projector: bool = True
     use_lowlevel: bool = False
     lowlevel_weight: float = 0.5  # MindEye2's weight on (L1/0.18215 + 0.1 * L_cont)
+    init: str = "random"  # "ridge": start as the closed-form ridge solution (needs the mindeye2 block)
+    ridge_alpha: float | None = None  # ridge start: None = chosen on held-out training images
+    linear_lr_scale: float = 0.1  # ridge start: the linear path (adapters, output linear) trains at lr x this
     accumulate: int = 1
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, off on CPU) | no | bf16 | fp16
-    val_every: int = 1  # epochs between validations; 0 = never
-    val_size: int = 300  # held-out images used for the validation top-1
+    val_fraction: float = 0.1  # share of the training images held out for validation (never test)
+    val_every: int = 1  # epochs between validations; 0 = only at the end
+    val_size: int = 300  # at most this many validation images in the top-1
+    select: str = "best"  # "best": keep the validated step with the best top-1 (step 0 included); "last"
+    patience: int = 0  # stop after this many validations without improvement (0 = never)
+    select_margin: float = 2.0  # ridge start: a trained step must beat step 0 by this many standard errors
     ckpt_every_steps: int = 0  # 0 = only at epoch ends
     max_steps: int | None = None  # stop (resumably) after this many optimiser steps
     adapter_only: bool = False  # train only the adapters of the subjects being trained
@@ -78,8 +91,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise MindsearchError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
-        if self.epochs < 1 or self.batch_size < 2 or self.accumulate < 1:
-            raise MindsearchError("epochs >= 1, batch_size >= 2 and accumulate >= 1 are required")
+        if self.init not in INITS:
+            raise MindsearchError(f"unknown init {self.init!r} (choose from {', '.join(INITS)})")
+        if self.select not in ("best", "last"):
+            raise MindsearchError(f"select must be best or last, got {self.select!r}")
+        if (self.epochs is not None and self.epochs < 1) or (self.steps is not None and self.steps < 1) \
+                or self.batch_size < 2 or self.accumulate < 1:
+            raise MindsearchError("epochs >= 1, steps >= 1, batch_size >= 2 and accumulate >= 1 are required")
+        if not 0 <= self.val_fraction < 1:
+            raise MindsearchError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     @classmethod
     def for_preset(cls, preset: str = "light", **overrides) -> "TrainConfig":
@@ -99,12 +119,30 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# ----------------------------------------------------------------------------- small helpers
+def auto_steps(n_trials: int, batch_size: int) -> int:
+    """The data-aware default schedule: 30 passes over the data, at least 1,500 and at most
+    20,000 optimiser steps (a fixed epoch count gives small datasets too few steps to learn)."""
+    per_epoch = max(n_trials // batch_size, 1)
+    return int(min(max(30 * per_epoch, 1500), 20000))
+
+
+# ----------------------------------------------------------------------------- data
 
 
 def epoch_order(seed: int, epoch: int, subject: int, n: int) -> np.ndarray:
     """The shuffled trial order of one subject's epoch: a pure function, so resuming recomputes it."""
     return np.random.default_rng([int(seed), int(epoch), int(subject)]).permutation(n)
+
+
+def hold_out_images(ids_by_subject: dict, fraction: float, seed: int) -> np.ndarray:
+    """Image ids held out for validation: ``fraction`` of the training images (all subjects
+    together), so every trial of a validation image leaves training and repetitions never
+    straddle the split."""
+    every = np.unique(np.concatenate([np.asarray(i) for i in ids_by_subject.values()]))
+    n_val = int(round(fraction * len(every)))
+    if fraction <= 0 or n_val < 2:
+        return np.zeros(0, np.int64)
+    return np.sort(np.random.default_rng([int(seed), 7]).choice(every, n_val, replace=False))
 
 
 def _as_lookup(targets_lookup) -> Callable[[np.ndarray], np.ndarray]:
@@ -114,109 +152,140 @@ def _as_lookup(targets_lookup) -> Callable[[np.ndarray], np.ndarray]:
     return lambda ids: arr[np.asarray(ids)].astype(np.float32)
 
 
-def _normalise_val(val) -> dict:
-    if val is None:
-        return {}
-    if isinstance(val, dict):
-        return {int(s): (np.asarray(v), np.asarray(i)) for s, (v, i) in val.items()}
-    raise MindsearchError("val must be {subject: (voxels, image_ids)}")
+def _check_finite(vox: dict, ids: dict, lookup) -> None:
+    """Reject NaN/Inf voxels or targets before any training (one error line, nothing written)."""
+    for s, x in vox.items():
+        for i in range(0, len(x), 4096):
+            bad = ~np.isfinite(np.asarray(x[i : i + 4096]))
+            if bad.any():
+                row = i + int(np.argwhere(bad.any(axis=1))[0, 0])
+                raise MindsearchError(f"subject {s}: training voxels contain NaN or Inf (first at trial row {row})")
+    every = np.unique(np.concatenate(list(ids.values())))
+    for i in range(0, len(every), 1024):
+        t = lookup(every[i : i + 1024])
+        if not np.isfinite(t).all():
+            bad = every[i : i + 1024][~np.isfinite(t.reshape(len(t), -1)).all(axis=1)]
+            raise MindsearchError(f"target embeddings contain NaN or Inf (image id {int(bad[0])})")
 
 
-def _first_unique(ids: np.ndarray, limit: int) -> np.ndarray:
-    """Row indices of the first trial of each image, up to ``limit`` images (one query per image)."""
-    _, first = np.unique(ids, return_index=True)
-    return np.sort(first)[:limit]
+# ----------------------------------------------------------------------------- model
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, position: dict, cfg: TrainConfig) -> None:
+def build_model(cfg: TrainConfig, n_voxels: dict, tokens: int, dim: int, sample_targets, model=None,
+                overrides: dict | None = None):
+    """A new model from the preset (seeded), or ``model`` (fine-tuning: subjects it lacks get
+    new adapters, its target shape must match)."""
     import torch
-    from safetensors.torch import save_file
 
-    from mindsearch.io import atomic_path
+    from mindsearch.models.factory import create_model
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, st in opt["state"].items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
-            tensors[f"optim.{pid}.{k}"] = t.detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.uint32).view(np.uint8).copy())
-    py_state = random.getstate()
-    state = {
-        "position": position,
-        "config": cfg.to_dict(),
-        "optimizer_param_groups": opt["param_groups"],
-        "scheduler": scheduler.state_dict(),
-        "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
+    if model is None:
+        model = create_model(_with_overrides(cfg.preset, overrides), n_voxels, tokens=tokens, dim=dim,
+                             use_projector=cfg.use_projector, use_prior=cfg.use_prior,
+                             use_lowlevel=cfg.use_lowlevel)
+        if model.prior is not None and model.config.prior.embed_scale == "auto":
+            model.prior.set_embed_scale(torch.from_numpy(sample_targets))
+    else:
+        if (model.config.tokens, model.config.dim) != (tokens, dim):
+            raise MindsearchError(
+                f"the initial model maps to {model.config.tokens}x{model.config.dim} but the "
+                f"targets are {tokens}x{dim}"
+            )
+        for s, v in n_voxels.items():
+            if s not in model.subjects:
+                model.add_subject(s, v)
+            elif model.adapters.n_voxels(s) != v:
+                raise MindsearchError(f"subject {s}: the model expects {model.adapters.n_voxels(s)} voxels, "
+                                      f"the data has {v}")
+    if cfg.adapter_only:
+        model.train_only(sorted(n_voxels))
+    return model
 
 
-def _json_default(o):
-    if isinstance(o, tuple):
-        return list(o)
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(type(o).__name__)
+def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None, subjects=None) -> dict:
+    """Set a new model to the ridge solution of its first subject (factored through the hidden
+    width) and the other subjects' adapters to their ridge maps under the shared read-out. On a
+    trained model (fine-tuning) only ``subjects`` (the new ones) get adapters: their ridge maps
+    under the model's output linear. Ridge sees each image's trials averaged, as the ridge
+    baseline does."""
+    from mindsearch.training.ridge import adapter_for, average_by_image, linear_start
+
+    info = {}
+    shared = None
+    if subjects is not None:  # fine-tuning: the read-out is the trained model's
+        out = model.backbone.to_tokens
+        shared = {"b_weight": out.weight.detach().cpu().double().numpy(),
+                  "b_bias": out.bias.detach().cpu().double().numpy()}
+    for s in sorted(vox) if subjects is None else subjects:
+        x, uniq = average_by_image(np.asarray(vox[s], np.float32), ids[s])
+        y = lookup(uniq).reshape(len(uniq), -1)
+        if shared is None:
+            shared = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed)
+            # Balance the factors so the hidden activations have unit RMS, as a trained trunk's do:
+            # the residual blocks' corrections are then relative to a signal of known size.
+            rms = float(np.sqrt(np.mean((x @ shared["a_weight"].T) ** 2))) or 1.0
+            shared["a_weight"], shared["b_weight"] = shared["a_weight"] / rms, shared["b_weight"] * rms
+            model.start_linear(s, shared["a_weight"], shared["a_bias"], shared["b_weight"], shared["b_bias"])
+            info[str(s)] = {k: shared[k] for k in ("alpha", "rank", "energy_kept")}
+        else:
+            own = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed)
+            a, b = adapter_for(own["coef"], own["b_bias"], shared["b_weight"], shared["b_bias"])
+            model.set_adapter(s, a, b)
+            info[str(s)] = {"alpha": own["alpha"], "rank": int(a.shape[0])}
+        if say:
+            say(f"ridge start, subject {s}: alpha {info[str(s)]['alpha']:g}, rank {info[str(s)]['rank']}")
+    return info
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything ``save_checkpoint`` wrote; returns the saved JSON (position, history...)."""
-    import torch
-    from safetensors.torch import load_file
-
-    state = json.loads((path / "state.json").read_text())
-    tensors = load_file(str(path / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = v
-    groups = state["optimizer_param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if torch.cuda.is_available():
-        cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
-    name, pos, has_gauss, gauss = state["rng_numpy"]
-    keys = tensors["rng.numpy"].numpy().view(np.uint32)
-    np.random.set_state((name, keys, pos, has_gauss, gauss))
-    v, internal, g = state["rng_python"]
-    random.setstate((v, tuple(internal), g))
-    return state
+# ----------------------------------------------------------------------------- choosing the step
 
 
-# ----------------------------------------------------------------------------- the loop
+class StepSelection:
+    """The validated step a run keeps: the best brain->image top-1 so far, with its weights
+    (``select="best"``); step 0 competes only when it is a model worth keeping (a ridge start, a
+    run being fine-tuned). Leaving a ridge start takes a clear win, not a lucky draw of a small
+    validation set: ``select_margin`` binomial standard errors of the start's top-1."""
+
+    def __init__(self, cfg: TrainConfig, start_is_candidate: bool = True):
+        self.cfg, self.step, self.score, self.weights, self.curve = cfg, None, -1.0, None, []
+        self.start_is_candidate = start_is_candidate
+
+    def offer(self, step: int, res: dict, model) -> None:
+        score = res["mean_brain_to_image_top1"]
+        self.curve.append([step, score])
+        if step == 0 and not self.start_is_candidate:
+            return  # random weights are measured (the curve's origin), never kept
+        n = sum(r["n"] for k, r in res.items() if k != "mean_brain_to_image_top1")
+        margin = 0.0
+        if self.step == 0 and self.cfg.init == "ridge" and n:
+            margin = self.cfg.select_margin * math.sqrt(max(self.score * (1 - self.score), 1 / n) / n)
+        if score > self.score + margin:
+            self.step, self.score = step, score
+            if self.cfg.select == "best":
+                self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def state(self) -> dict:
+        return {"val_curve": self.curve, "best_step": self.step, "best_score": self.score}
+
+    def restore(self, position: dict, weights: dict) -> None:
+        self.curve = position.get("val_curve", [])
+        self.step, self.score = position.get("best_step"), position.get("best_score", -1.0)
+        self.weights = weights or None
 
 
-def _phase(cfg: TrainConfig, epoch: int) -> tuple[str, float]:
-    """Which contrastive loss this epoch uses, and its temperature."""
+# ----------------------------------------------------------------------------- one step
+
+
+def _phase(cfg: TrainConfig, epoch: int, epochs: int) -> tuple[str, float]:
+    """Which contrastive loss this epoch (of ``epochs``) uses, and its temperature."""
     from mindsearch.training.schedules import mixup_epochs, softclip_temperature
 
     if cfg.loss == "clip":
         return "clip", cfg.clip_temp
-    if cfg.loss == "bimixco" or (cfg.loss == "bimixco_softclip" and epoch < mixup_epochs(cfg.epochs, cfg.mixup_pct)):
+    if cfg.loss == "bimixco" or (cfg.loss == "bimixco_softclip" and epoch < mixup_epochs(epochs, cfg.mixup_pct)):
         return "bimixco", cfg.clip_temp
     pct = cfg.mixup_pct if cfg.loss == "bimixco_softclip" else 0.0
-    return "softclip", softclip_temperature(epoch, cfg.epochs, pct, cfg.softclip_temp_start, cfg.softclip_temp_end)
+    return "softclip", softclip_temperature(epoch, epochs, pct, cfg.softclip_temp_start, cfg.softclip_temp_end)
 
 
 def _step_loss(model, voxels: list, subjects: list, targets, phase: str, temp: float, cfg: TrainConfig,
@@ -258,7 +327,8 @@ def _step_loss(model, voxels: list, subjects: list, targets, phase: str, temp: f
 
 
 def validate(model, val: dict, lookup, device, size: int = 300, batch: int = 256) -> dict:
-    """Top-1 of the projector's embeddings among ``size`` held-out images (one trial per image)."""
+    """Top-1 of the retrieval embeddings among up to ``size`` validation images, each image's
+    outputs averaged over its trials (MindEye2's test-time averaging)."""
     import torch
 
     was_training = model.training
@@ -266,15 +336,20 @@ def validate(model, val: dict, lookup, device, size: int = 300, batch: int = 256
     res = {}
     with torch.no_grad():
         for s, (vox, ids) in sorted(val.items()):
-            rows = _first_unique(ids, size)
-            if len(rows) < 2:
+            keep = np.unique(ids)[:size]
+            rows = np.flatnonzero(np.isin(ids, keep))
+            if len(keep) < 2:
                 continue
             outs = []
             for i in range(0, len(rows), batch):
                 xb = torch.from_numpy(np.asarray(vox[rows[i : i + batch]], dtype=np.float32)).to(device)
                 outs.append(model([xb], [s]).disjointed.float().cpu().numpy())
-            fwd, bwd = top1_full_pool(np.concatenate(outs), lookup(ids[rows]))
-            res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd, "n": int(len(rows))}
+            out = np.concatenate(outs).reshape(len(rows), -1)
+            inv = np.searchsorted(keep, ids[rows])
+            mean = np.zeros((len(keep), out.shape[1]), np.float64)
+            np.add.at(mean, inv, out)
+            fwd, bwd = top1_full_pool(mean / np.bincount(inv)[:, None], lookup(keep))
+            res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd, "n": int(len(keep))}
     model.train(was_training)
     if res:
         res["mean_brain_to_image_top1"] = float(np.mean([r["brain_to_image_top1"] for r in res.values()]))
@@ -285,7 +360,7 @@ def _epoch_line(record: dict) -> str:
     line = f"epoch {record['epoch']}: {record['phase']} loss {record['loss']:.4f}, lr {record['lr']:.2e}"
     for s, v in (record.get("val") or {}).items():
         if isinstance(v, dict) and "brain_to_image_top1" in v:
-            line += (f"; val subject {s} single-trial top-1 /{v['n']}: brain->image "
+            line += (f"; val subject {s} top-1 /{v['n']}: brain->image "
                      f"{v['brain_to_image_top1']:.1%}, image->brain {v['image_to_brain_top1']:.1%}")
     return line
 
@@ -321,29 +396,30 @@ def train_arrays(
 ) -> dict:
     """Train on single trials. ``voxels_by_subject`` {s: (n, V) float32, z-scored};
     ``image_ids_by_subject`` {s: (n,)}; ``targets_lookup``: ids -> (n, T, D) (callable or array
-    indexed by image id); ``val`` {s: (voxels, image_ids)} for the periodic top-1; ``model`` an
-    initial ``MindEyeModel`` (fine-tuning; subjects it lacks get new adapters); ``zscore``
-    {s: ZScore} written to ``zscore.safetensors``; ``run_info`` {"space", "data"} for config.json;
-    ``lowlevel_lookup`` ids -> (latents, teacher features or None) when ``cfg.use_lowlevel``;
-    ``model_overrides`` {section: {key: value}} merged into the preset when a new model is built
-    (e.g. the low-level head sized to a VAE's latents).
+    indexed by image id); ``val`` {s: (voxels, image_ids)}: explicit validation sets (default:
+    ``cfg.val_fraction`` of the training images held out); ``model`` an initial ``MindEyeModel``
+    (fine-tuning); ``zscore`` {s: ZScore} for the run; ``run_info`` {"space", "data", ...} for
+    config.json; ``lowlevel_lookup`` ids -> (latents, teacher features or None) when
+    ``cfg.use_lowlevel``; ``model_overrides`` {section: {key: value}} merged into the preset.
     Returns a summary dict (also written to ``OUT/train_log.json``)."""
     import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from mindsearch.models.factory import create_model, save_pretrained
+    from mindsearch.models.factory import save_pretrained
     from mindsearch.training.schedules import make_optimizer, make_scheduler
 
     t_start = time.time()
     out_dir = Path(out_dir)
-    if resume and not (out_dir / CKPT_DIR / "state.json").is_file() and (out_dir / "train_log.json").is_file() \
+    say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None)
+    if resume and not checkpoints.has_checkpoint(out_dir) and (out_dir / "train_log.json").is_file() \
             and (out_dir / "model.safetensors").is_file():
         # Resuming a finished run is a no-op: hand back what it recorded.
         done = json.loads((out_dir / "train_log.json").read_text())
         done["already_complete"] = True
         return done
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- 1. data: subjects, targets, the validation images held out from training
     subjects = sorted(int(s) for s in voxels_by_subject)
     if not subjects:
         raise MindsearchError("no training subjects")
@@ -359,35 +435,32 @@ def train_arrays(
     tokens, dim = int(sample_targets.shape[1]), int(sample_targets.shape[2])
     if cfg.use_lowlevel and lowlevel_lookup is None:
         raise MindsearchError("use_lowlevel needs low-level targets (VAE latents), which were not given")
+    _check_finite(vox, ids, lookup)
+    val_images = np.zeros(0, np.int64)
+    every_vox, every_ids = dict(vox), dict(ids)  # before validation is held out
+    if val is None:
+        val_images = hold_out_images(ids, cfg.val_fraction, cfg.seed)
+        val = {}
+        for s in subjects:
+            held = np.isin(ids[s], val_images)
+            if held.any():
+                val[s] = (np.asarray(vox[s])[held], ids[s][held])
+                vox[s], ids[s] = np.asarray(vox[s])[~held], ids[s][~held]
+    val_sets = {int(s): (v, np.asarray(i)) for s, (v, i) in val.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
 
-    # Seed before building the model so initial weights are a function of the seed.
+    # --- 2. model (seeded, so initial weights are a function of the seed), device, optimiser
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-
     n_voxels = {s: int(vox[s].shape[1]) for s in subjects}
-    if model is None:
-        model = create_model(_with_overrides(cfg.preset, model_overrides), n_voxels, tokens=tokens, dim=dim,
-                             use_projector=cfg.use_projector,
-                             use_prior=cfg.use_prior, use_lowlevel=cfg.use_lowlevel)
-        if model.prior is not None and model.config.prior.embed_scale == "auto":
-            model.prior.set_embed_scale(torch.from_numpy(sample_targets))
-    else:
-        if (model.config.tokens, model.config.dim) != (tokens, dim):
-            raise MindsearchError(
-                f"the initial model maps to {model.config.tokens}x{model.config.dim} but the "
-                f"targets are {tokens}x{dim}"
-            )
-        for s in subjects:
-            if s not in model.subjects:
-                model.add_subject(s, n_voxels[s])
-            elif model.adapters.n_voxels(s) != n_voxels[s]:
-                raise MindsearchError(f"subject {s}: the model expects {model.adapters.n_voxels(s)} voxels, "
-                                      f"the data has {n_voxels[s]}")
-    if cfg.adapter_only:
-        model.train_only(subjects)
+    new = subjects if model is None else [s for s in subjects if s not in model.subjects]
+    fresh = model is None
+    model = build_model(cfg, n_voxels, tokens, dim, sample_targets, model, model_overrides)
+    ridge_info = None
+    if cfg.init == "ridge" and new:
+        ridge_info = ridge_start(model, vox, ids, lookup, cfg, say, subjects=None if fresh else new)
 
-    # --- device and accelerate: one process on CPU unless launched with `accelerate launch`.
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     mp = cfg.mixed_precision
     if mp == "auto":
@@ -410,116 +483,162 @@ def train_arrays(
     steps_per_epoch = min(len(ids[s]) // (per_subject_bs * cfg.accumulate) for s in subjects)
     if steps_per_epoch < 1:
         raise MindsearchError(f"too few trials for one step of batch {cfg.batch_size} x {cfg.accumulate}")
-    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.steps is not None:
+        total_steps = cfg.steps
+    elif cfg.epochs is not None:
+        total_steps = steps_per_epoch * cfg.epochs
+    else:
+        total_steps = auto_steps(steps_per_epoch * per_subject_bs * cfg.accumulate, per_subject_bs * cfg.accumulate)
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
     effective_batch = per_subject_bs * len(subjects) * cfg.accumulate
     if progress and accelerator.is_main_process:
         # what ran where: a multi-process launch splits each global batch, it does not multiply it
         tqdm.write(f"device {device}, {world} process(es), {local_bs * len(subjects)} samples per process "
                    f"per micro-step, effective batch {effective_batch}", file=sys.stderr)
 
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.lr, total_steps, cfg.epochs)
+    # With a ridge start the residual branches learn the correction; the linear path moves slowly.
+    scales = {"adapters.": cfg.linear_lr_scale, "backbone.to_tokens.": cfg.linear_lr_scale} \
+        if cfg.init == "ridge" else None
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, decay_norms=cfg.decay_norms, lr_scales=scales)
+    scheduler = make_scheduler(optimizer, cfg.lr, total_steps, n_epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
-    ckpt = out_dir / CKPT_DIR
-    start_epoch, start_step, global_step, history, resumed_losses = 0, 0, 0, [], []
-    if resume and (ckpt / "state.json").is_file():
-        state = load_checkpoint(ckpt, raw, optimizer, scheduler)
-        pos = state["position"]
-        start_epoch, start_step, global_step = pos["epoch"], pos["step"], pos["global_step"]
-        history = pos.get("history", [])
-        resumed_losses = pos.get("epoch_losses", [])
-        if state["config"].get("seed") != cfg.seed or state["config"].get("epochs") != cfg.epochs:
-            raise MindsearchError("resume: the checkpoint was made with a different seed or epoch count", ckpt)
+    @functools.lru_cache(maxsize=2 * len(subjects))
+    def order(epoch: int, s: int) -> np.ndarray:
+        return epoch_order(cfg.seed, epoch, s, len(ids[s]))
 
-    val_sets = _normalise_val(val)
-    lowlevel_fn = None
-    if cfg.use_lowlevel:
-        def lowlevel_fn(batch_ids):
+    def get_batch(epoch: int, k: int):
+        """Micro-batch ``k`` of ``epoch``: this process's slice of every subject's rows."""
+        xs, batch_ids = [], []
+        for s in subjects:
+            rows = order(epoch, s)[k * per_subject_bs : (k + 1) * per_subject_bs]
+            rows = np.sort(rows[rank * local_bs : (rank + 1) * local_bs])  # sorted: h5-friendly reads
+            xs.append(torch.from_numpy(np.asarray(vox[s][rows], dtype=np.float32)).to(device))
+            batch_ids.append(ids[s][rows])
+        batch_ids = np.concatenate(batch_ids)
+        low = None
+        if cfg.use_lowlevel:
             lat, feats = lowlevel_lookup(batch_ids)
-            lat = torch.from_numpy(np.asarray(lat, np.float32)).to(device)
-            feats = None if feats is None else torch.from_numpy(np.asarray(feats, np.float32)).to(device)
-            return lat, feats
+            low = (torch.from_numpy(np.asarray(lat, np.float32)).to(device),
+                   None if feats is None else torch.from_numpy(np.asarray(feats, np.float32)).to(device))
+        return xs, torch.from_numpy(lookup(batch_ids)).to(device), low, len(batch_ids)
 
-    def checkpoint(epoch, step, epoch_losses=()):
+    # --- 3. state: fresh, or restored from the last readable checkpoint
+    global_step, history, epoch_losses = 0, [], []
+    # Step 0 is a candidate when it is a real model: a ridge start or a run being fine-tuned.
+    best = StepSelection(cfg, start_is_candidate=cfg.init == "ridge" or not fresh)
+    if resume and checkpoints.has_checkpoint(out_dir):
+        state, extra = checkpoints.load(out_dir, raw, optimizer, scheduler, warn=say)
+        pos = state["position"]
+        global_step, history, epoch_losses = pos["global_step"], pos.get("history", []), pos.get("epoch_losses", [])
+        best.restore(pos, extra)
+        saved = state["config"]
+        if (saved.get("seed"), saved.get("epochs"), saved.get("steps")) != (cfg.seed, cfg.epochs, cfg.steps):
+            raise MindsearchError("resume: the checkpoint was made with a different seed or schedule",
+                                  out_dir / CKPT_DIR)
+
+    def evaluate_and_select(step: int) -> dict:
+        res = validate(raw, val_sets, lookup, device, cfg.val_size)
+        if res:
+            best.offer(step, res, raw)
+        return res
+
+    def save_checkpoint():
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            position = {"epoch": epoch, "step": step, "global_step": global_step, "history": history,
-                        "epoch_losses": list(epoch_losses)}
-            save_checkpoint(ckpt, raw, optimizer, scheduler, position, cfg)
+            position = {"global_step": global_step, "history": history, "epoch_losses": list(epoch_losses),
+                        **best.state()}
+            checkpoints.save(out_dir, raw, optimizer, scheduler, {"position": position, "config": cfg.to_dict()},
+                             extra=best.weights)
 
+    if global_step == 0 and val_sets:
+        res0 = evaluate_and_select(0)  # where training starts; a ridge start must be beaten to be left
+        if res0:
+            say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}")
+    if global_step == 0 and progress:
+        say(_expected_time(model, get_batch, subjects, cfg, total_steps, steps_per_epoch))
+
+    # --- 4. the loop: one optimiser step per iteration; epoch and position derive from global_step
     # Off a terminal (logs, CI) a redrawn bar is noise: refresh rarely, and print a line per epoch.
     bar = tqdm(total=total_steps, initial=global_step, file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 60.0,
                disable=not progress or not accelerator.is_main_process, desc="train")
-    interrupted, last_loss, val_res = False, float("nan"), {}
-    samples_seen, t_loop = 0, time.time()
+    last_loss, val_res, samples_seen, t_loop = float("nan"), {}, 0, time.time()
+    stale, stopped_early = 0, False
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        phase, temp = _phase(cfg, epoch)
-        orders = {s: epoch_order(cfg.seed, epoch, s, len(ids[s])) for s in subjects}
-        first = start_step if epoch == start_epoch else 0
-        # Losses of this epoch's steps before an interruption, so the epoch's mean is unchanged by it.
-        losses, stop, step = (list(resumed_losses) if epoch == start_epoch else []), False, first
-        for step in range(first, steps_per_epoch):
-            for micro in range(cfg.accumulate):
-                k = step * cfg.accumulate + micro
-                xs, batch_ids = [], []
-                for s in subjects:
-                    rows = orders[s][k * per_subject_bs : (k + 1) * per_subject_bs]
-                    rows = np.sort(rows[rank * local_bs : (rank + 1) * local_bs])  # sorted: h5-friendly reads
-                    xs.append(torch.from_numpy(np.asarray(vox[s][rows], dtype=np.float32)).to(device))
-                    batch_ids.append(ids[s][rows])
-                batch_ids = np.concatenate(batch_ids)
-                targets = torch.from_numpy(lookup(batch_ids)).to(device)
-                low_t = lowlevel_fn(batch_ids) if lowlevel_fn else None
-                # Only the last micro-batch synchronises gradients across processes.
-                sync = accelerator.no_sync(model) if micro < cfg.accumulate - 1 else contextlib.nullcontext()
-                with sync, accelerator.autocast():
-                    loss, parts = _step_loss(model, xs, subjects, targets, phase, temp, cfg, low_t)
-                    accelerator.backward(loss / cfg.accumulate)
-                losses.append(float(loss.detach()))
-                samples_seen += len(batch_ids) * world
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            last_loss = losses[-1]
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            sps=f"{samples_seen / max(time.time() - t_loop, 1e-9):.0f}", refresh=False)
-            if cfg.max_steps is not None and global_step >= cfg.max_steps:
-                stop = True
-                break
-            if cfg.ckpt_every_steps and global_step % cfg.ckpt_every_steps == 0 and step + 1 < steps_per_epoch:
-                checkpoint(epoch, step + 1, losses)
-        next_step = step + 1
-        if next_step >= steps_per_epoch:  # the epoch is complete
-            record = {"epoch": epoch, "phase": phase, "temp": temp,
-                      "loss": float(np.mean(losses)) if losses else None, "lr": scheduler.get_last_lr()[0]}
-            is_last = epoch + 1 == cfg.epochs
-            if val_sets and ((cfg.val_every and (epoch + 1) % cfg.val_every == 0) or is_last):
-                val_res = validate(raw, val_sets, lookup, device, cfg.val_size)
-                record["val"] = val_res
+    while global_step < total_steps:
+        epoch, step = divmod(global_step, steps_per_epoch)
+        phase, temp = _phase(cfg, epoch, n_epochs)
+        for micro in range(cfg.accumulate):
+            xs, targets, low_t, n_rows = get_batch(epoch, step * cfg.accumulate + micro)
+            # Only the last micro-batch synchronises gradients across processes.
+            sync = accelerator.no_sync(model) if micro < cfg.accumulate - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                loss, parts = _step_loss(model, xs, subjects, targets, phase, temp, cfg, low_t)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    where = out_dir / CKPT_DIR if checkpoints.has_checkpoint(out_dir) else None
+                    raise MindsearchError(
+                        f"training stopped: the loss became {float(loss.detach())} at step {global_step + 1} "
+                        f"(epoch {epoch}); " + (f"the last good checkpoint is {where} (resume with --resume, "
+                                                "perhaps at a lower learning rate)" if where else
+                                                "no checkpoint was written yet; try a lower learning rate"),
+                        out_dir)
+                accelerator.backward(loss / cfg.accumulate)
+            epoch_losses.append(float(loss.detach()))
+            samples_seen += n_rows * world
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        last_loss = epoch_losses[-1]
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        sps=f"{samples_seen / max(time.time() - t_loop, 1e-9):.0f}", refresh=False)
+        if global_step % steps_per_epoch == 0 or global_step == total_steps:  # an epoch ends
+            record = {"epoch": epoch, "phase": phase, "temp": temp, "step": global_step,
+                      "loss": float(np.mean(epoch_losses)), "lr": scheduler.get_last_lr()[0]}
+            if val_sets and ((cfg.val_every and (epoch + 1) % cfg.val_every == 0) or global_step == total_steps):
+                before = best.step
+                val_res = record["val"] = evaluate_and_select(global_step)
+                stale = 0 if best.step != before else stale + 1
+                stopped_early = bool(cfg.patience) and stale >= cfg.patience and global_step < total_steps
             history.append(record)
+            epoch_losses = []
             if progress and accelerator.is_main_process:
                 tqdm.write(_epoch_line(record), file=sys.stderr)
-            checkpoint(epoch + 1, 0)
-        else:
-            checkpoint(epoch, next_step, losses)
-        if stop:
-            interrupted = not (epoch + 1 == cfg.epochs and next_step >= steps_per_epoch)
+            save_checkpoint()
+            if stopped_early:
+                say(f"stopping early: no validation gain in {cfg.patience} validations")
+                break
+        elif cfg.ckpt_every_steps and global_step % cfg.ckpt_every_steps == 0:
+            save_checkpoint()
+        if cfg.max_steps is not None and global_step >= cfg.max_steps and global_step < total_steps:
+            if global_step % steps_per_epoch and not (cfg.ckpt_every_steps and global_step % cfg.ckpt_every_steps == 0):
+                save_checkpoint()
             break
     bar.close()
+    interrupted = global_step < total_steps and not stopped_early
 
+    chosen = global_step
+    if not interrupted and cfg.select == "best" and best.step is not None:
+        chosen = best.step
+        if chosen != global_step:
+            raw.load_state_dict(best.weights)
     summary = {
         "out_dir": str(out_dir),
         "interrupted": interrupted,
-        "epochs": cfg.epochs,
+        "epochs": n_epochs,
         "steps_per_epoch": steps_per_epoch,
         "global_step": global_step,
         "total_steps": total_steps,
+        "chosen_step": chosen,
+        "chosen_val_top1": best.score if best.step is not None else None,
+        "stopped_early": stopped_early,
+        "val_curve": best.curve,
+        "n_val_images": int(len(val_images)),
+        "ridge_start": ridge_info,
         "final_loss": last_loss,
         "val": val_res,
         "history": history,
@@ -534,7 +653,15 @@ def train_arrays(
     }
     if interrupted:
         return summary
+    if chosen == 0 and ridge_info and fresh and len(val_images):
+        # Training did not beat the ridge start: keep ridge, refitted on every training image
+        # (validation included), which is what the ridge baseline fits.
+        summary["ridge_start"] = ridge_start(raw, every_vox, every_ids, lookup, cfg, say)
+        summary["ridge_refit_on_all_images"] = True
+    if chosen != global_step:
+        say(f"keeping step {chosen} of {global_step} (best validation top-1 {best.score:.1%})")
 
+    # --- 5. the run directory
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = run_info or {}
@@ -547,12 +674,33 @@ def train_arrays(
             "target_shape": [tokens, dim],
             "seed": cfg.seed,
             "data": info.get("data"),
-            "train": cfg.to_dict(),
+            "train": {**cfg.to_dict(), "chosen_step": chosen, "total_steps": total_steps,
+                      "validation_images": int(len(val_images))},
             **{k: info[k] for k in ("from_run", "lowlevel_vae") if k in info},
         }
         save_pretrained(raw, out_dir, extra_config=record, zscore=zscore, log=summary,
                         keep=(CKPT_DIR,) if cfg.keep_checkpoint else ())
+        if not cfg.keep_checkpoint:
+            checkpoints.remove(out_dir)
     return summary
+
+
+def _expected_time(model, get_batch, subjects, cfg, total_steps: int, steps_per_epoch: int) -> str:
+    """Time one forward + backward pass (RNG state untouched, gradients discarded) and scale it."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        t0 = time.perf_counter()
+        xs, targets, low, _ = get_batch(0, 0)
+        phase, temp = _phase(cfg, 0, 1)
+        loss, _ = _step_loss(model, xs, subjects, targets, phase, temp, cfg, low)
+        loss.backward()
+        per_step = (time.perf_counter() - t0) * cfg.accumulate
+    for p in model.parameters():
+        p.grad = None
+    minutes = per_step * total_steps / 60
+    return (f"training {total_steps} steps ({steps_per_epoch} per epoch, batch {cfg.batch_size}): "
+            f"expected about {minutes:.1f} min here ({per_step:.2f} s per step)")
 
 
 def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None, resume: bool = False,
@@ -561,7 +709,8 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
     """Train on a dataset directory (any layout ``mindsearch.data.open_dataset`` reads).
 
     Single-trial training on each subject's z-scored train split (optionally only ``sessions``);
-    validation on the first ``cfg.val_size`` test images (MindEye2 uses the first 300).
+    validation on ``cfg.val_fraction`` of its images, held out from training (the test split is
+    never read here).
     ``from_run``: a mindeye run to fine-tune (new subjects get new adapters; with
     ``cfg.adapter_only`` only those are trained).
     ``vae``: a VAE (diffusers directory or TAESD/TAEF2 safetensors folder, see ``mindsearch.vae``)
@@ -583,16 +732,11 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
         missing = [s for s in subjects if s not in ds.subjects]
         if missing:
             raise MindsearchError(f"no subject(s) {missing} in the dataset (has {ds.subjects})", ds.root)
-        vox, ids, val, zs = {}, {}, {}, {}
+        vox, ids, zs = {}, {}, {}
         for s in subjects:
+            # Only the training split is read: validation is held out from its images, never test.
             tr = load_split(ds, s, "train", zscore=True, average="none", sessions=sessions)
             vox[s], ids[s], zs[s] = tr.voxels, tr.image_ids, tr.zscore
-            try:
-                te = load_split(ds, s, "test", zscore=True, average="none", stats=tr.zscore)
-            except MindsearchError:
-                te = None
-            if te is not None and len(te.image_ids):
-                val[s] = (te.voxels, te.image_ids)
         info = {
             "space": ds.target_space,
             "data": {"path": str(Path(ds.root).resolve()), "layout": ds.layout, "fingerprint": ds.fingerprint(),
@@ -610,14 +754,13 @@ def train_mindeye(data_path, subjects, cfg: TrainConfig, out_dir, from_run=None,
 
             if not cfg.use_lowlevel:
                 cfg = dataclasses.replace(cfg, use_lowlevel=True)
-            used = np.concatenate([ids[s] for s in subjects] + [v[1] for v in val.values()])
+            used = np.concatenate([ids[s] for s in subjects])
             say = (lambda m: print(m, file=sys.stderr)) if progress else None
             low_lookup, overrides, info["lowlevel_vae"] = prepare_lowlevel(
                 ds, vae, used, cfg.preset, size=vae_size, device=vae_device(cfg.device), progress=say)
             if model is not None:
                 _check_lowlevel_head(model, info["lowlevel_vae"]["latent_shape"], from_run)
-        return train_arrays(vox, ids, ds.targets, cfg, out_dir, resume=resume, val=val or None,
-                            progress=progress, model=model, zscore=zs, run_info=info,
+        return train_arrays(vox, ids, ds.targets, cfg, out_dir, resume=resume, progress=progress, model=model, zscore=zs, run_info=info,
                             lowlevel_lookup=low_lookup, model_overrides=overrides)
 
 
@@ -631,5 +774,5 @@ def _check_lowlevel_head(model, latent_shape, from_run) -> None:
                               from_run)
 
 
-__all__ = ["TrainConfig", "train_arrays", "train_mindeye", "validate", "epoch_order",
-           "save_checkpoint", "load_checkpoint", "LOSSES"]
+__all__ = ["TrainConfig", "train_arrays", "train_mindeye", "validate", "epoch_order", "hold_out_images",
+           "build_model", "LOSSES"]

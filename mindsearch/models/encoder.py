@@ -87,6 +87,36 @@ class MindEyeModel(nn.Module):
         self.config.n_voxels[str(int(subject))] = int(n_voxels)
         return layer
 
+    @torch.no_grad()
+    def start_linear(self, subject: int, a_weight, a_bias, b_weight, b_bias) -> None:
+        """Make the model, for ``subject``, the linear map ``x -> B (A x + a) + b`` (MindEye2's
+        linear adapter, then its output Linear), with every residual branch (trunk blocks and a
+        residual projector) outputting zero: a ridge solution factored as ``B A`` makes step 0
+        of training reproduce ridge exactly. ``A``: (k, V), ``B``: (T*D, k), k <= hidden;
+        adapter rows past k keep their random init with zero read-out, so they can still learn."""
+        if self.config.block != "mindeye2":
+            raise ValueError("a linear start needs the mindeye2 block (no activation after the adapter)")
+        if self.projector is not None and not self.projector.residual:
+            raise ValueError("a linear start needs no projector or a residual one")
+        k = a_weight.shape[0]
+        self.set_adapter(subject, a_weight, a_bias)
+        out = self.backbone.to_tokens
+        out.weight.zero_()
+        out.weight[:, :k] = torch.as_tensor(b_weight, dtype=out.weight.dtype)
+        out.bias.copy_(torch.as_tensor(b_bias, dtype=out.bias.dtype).reshape(-1))
+        for block in self.backbone.blocks:
+            block.zero_output()
+        if self.projector is not None:
+            self.projector.zero_output()
+
+    @torch.no_grad()
+    def set_adapter(self, subject: int, a_weight, a_bias) -> None:
+        """Set the first k rows of ``subject``'s adapter (the rest keep their values)."""
+        layer = self.adapters.linears[subject_key(subject)]
+        k = a_weight.shape[0]
+        layer.weight[:k] = torch.as_tensor(a_weight, dtype=layer.weight.dtype)
+        layer.bias[:k] = torch.as_tensor(a_bias, dtype=layer.bias.dtype)
+
     def train_only(self, subjects: list[int]) -> list[str]:
         """Freeze everything except the adapters of ``subjects``; returns the trainable names."""
         keep = tuple(f"adapters.linears.{subject_key(s)}." for s in subjects)

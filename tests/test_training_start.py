@@ -1,0 +1,172 @@
+"""Issue 8's guarantees: validation held out from training images, the ridge start (step 0
+retrieves exactly as ridge does), the chosen step, and a training that survives bad moments."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("accelerate")
+
+from mindsearch.errors import MindsearchError  # noqa: E402
+from mindsearch.retrieval import top1_full_pool  # noqa: E402
+from mindsearch.training.trainer import TrainConfig, hold_out_images, train_arrays  # noqa: E402
+
+T, D = 2, 8
+
+
+def _world(n_img=60, v=40, reps=2, noise=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = rng.standard_normal((n_img, T, D)).astype(np.float32)
+    w = rng.standard_normal((T * D, v)).astype(np.float32)
+    ids = np.tile(np.arange(n_img), reps)
+    x = targets[ids].reshape(len(ids), -1) @ w + noise * rng.standard_normal((len(ids), v))
+    return targets, {1: ((x - x.mean(0)) / x.std(0)).astype(np.float32)}, {1: ids}
+
+
+@pytest.fixture
+def ridge_preset(tmp_path):
+    path = tmp_path / "small-ridge.json"
+    path.write_text(json.dumps({"name": "small-ridge", "block": "mindeye2", "hidden": 64, "n_blocks": 2,
+                                "projector": {"hidden": 16, "residual": True}, "prior": None}))
+    return str(path)
+
+
+def _cfg(preset, **kw):
+    base = dict(preset=preset, steps=12, batch_size=16, lr=1e-3, seed=0, use_prior=False, init="ridge",
+                val_fraction=0.25)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_validation_images_are_held_out_whole():
+    ids = {1: np.tile(np.arange(40), 3), 2: np.tile(np.arange(30, 70), 3)}
+    val = hold_out_images(ids, 0.1, seed=0)
+    assert len(val) == 7 and len(np.unique(val)) == 7 and set(val) <= set(range(70))
+    assert np.array_equal(val, hold_out_images(ids, 0.1, seed=0))
+    assert len(hold_out_images(ids, 0.0, seed=0)) == 0
+
+
+def test_step_zero_is_ridge(tmp_path, ridge_preset):
+    """The ridge start reproduces the closed-form ridge fit (same alpha, same rows) exactly."""
+    from mindsearch.training.ridge import average_by_image, fit_ridge
+    from mindsearch.training.trainer import build_model, ridge_start
+
+    targets, vox, ids = _world()
+    cfg = _cfg(ridge_preset, ridge_alpha=30.0)
+    torch.manual_seed(0)
+    model = build_model(cfg, {1: 40}, T, D, targets).eval()
+    info = ridge_start(model, vox, ids, lambda i: targets[i], cfg)
+    assert info["1"]["rank"] <= 64 and info["1"]["energy_kept"] == pytest.approx(1.0)
+    x, uniq = average_by_image(vox[1], ids[1])
+    coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x), 1).disjointed.numpy().reshape(len(x), -1)
+    np.testing.assert_allclose(ours, x @ coef.T + intercept, rtol=1e-4, atol=1e-4)
+    assert top1_full_pool(ours, targets[uniq]) == top1_full_pool(x @ coef.T + intercept, targets[uniq])
+
+
+def test_training_keeps_the_best_validated_step_from_step_zero(tmp_path, ridge_preset):
+    targets, vox, ids = _world()
+    s = train_arrays(vox, ids, targets, _cfg(ridge_preset), tmp_path / "run", progress=False)
+    curve = dict((int(k), v) for k, v in s["val_curve"])
+    assert 0 in curve and s["n_val_images"] == 15
+    chosen = s["chosen_step"]
+    assert chosen in curve and s["chosen_val_top1"] == curve[chosen] >= curve[0]
+    assert chosen == 0 or curve[chosen] == max(curve.values())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["chosen_step"] == s["chosen_step"] and config["train"]["validation_images"] == 15
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, ridge_preset):
+    targets, vox, ids = _world()
+    cfg = _cfg(ridge_preset, init="random", ckpt_every_steps=2, val_fraction=0.0)
+    train_arrays(vox, ids, targets, cfg, tmp_path / "full", progress=False)
+    out = tmp_path / "cut"
+    train_arrays(vox, ids, targets, _cfg(ridge_preset, init="random", ckpt_every_steps=2, val_fraction=0.0,
+                                         max_steps=5), out, progress=False)
+    damaged = out / "checkpoint" / "state.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # half-written
+    assert (out / "checkpoint.prev" / "state.json").is_file()
+    s = train_arrays(vox, ids, targets, cfg, out, resume=True, progress=False)
+    assert s["global_step"] == 12 and not s["interrupted"]
+    from mindsearch.models import from_pretrained
+
+    a, b = from_pretrained(tmp_path / "full").state_dict(), from_pretrained(out).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_non_finite_loss_stops_and_leaves_the_last_good_checkpoint(tmp_path, ridge_preset, monkeypatch):
+    import mindsearch.training.trainer as trainer
+
+    targets, vox, ids = _world()
+    real = trainer._step_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*a, **kw):
+        loss, parts = real(*a, **kw)
+        calls["n"] += 1
+        return (loss * float("nan"), parts) if calls["n"] == 7 else (loss, parts)
+
+    monkeypatch.setattr(trainer, "_step_loss", sometimes_nan)
+    cfg = _cfg(ridge_preset, init="random", ckpt_every_steps=3, val_fraction=0.0)
+    with pytest.raises(MindsearchError, match="step 7.*checkpoint"):
+        train_arrays(vox, ids, targets, cfg, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["position"]["global_step"] == 6
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_non_finite_inputs_are_rejected_before_training(tmp_path, ridge_preset):
+    targets, vox, ids = _world()
+    bad = {1: vox[1].copy()}
+    bad[1][5, 3] = np.nan
+    with pytest.raises(MindsearchError, match="NaN or Inf.*row 5"):
+        train_arrays(bad, ids, targets, _cfg(ridge_preset), tmp_path / "a", progress=False)
+    t = targets.copy()
+    t[7, 0, 0] = np.inf
+    with pytest.raises(MindsearchError, match="image id 7"):
+        train_arrays(vox, ids, t, _cfg(ridge_preset), tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_fine_tuning_gives_a_new_subject_its_ridge_adapter(tmp_path, ridge_preset):
+    """Pretrain on subject 1; subject 2 (other voxels) joins with the ridge map through the trained
+    read-out, so before any fine-tuning step it already retrieves far above chance."""
+    from mindsearch.models import from_pretrained
+    from mindsearch.training.trainer import build_model, ridge_start
+
+    targets, vox1, ids1 = _world(seed=0)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((T * D, 30)).astype(np.float32)
+    x2 = targets[ids1[1]].reshape(len(ids1[1]), -1) @ w + rng.standard_normal((len(ids1[1]), 30))
+    vox2 = {2: ((x2 - x2.mean(0)) / x2.std(0)).astype(np.float32)}
+    train_arrays(vox1, ids1, targets, _cfg(ridge_preset, steps=5), tmp_path / "pre", progress=False)
+    cfg = _cfg(ridge_preset)
+    model = build_model(cfg, {2: 30}, T, D, targets, model=from_pretrained(tmp_path / "pre"))
+    info = ridge_start(model, vox2, {2: ids1[1]}, lambda i: targets[i], cfg, subjects=[2])
+    assert set(info) == {"2"}
+    first = np.unique(ids1[1], return_index=True)[1]  # one trial per image
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(vox2[2][first]), 2).disjointed.numpy()
+    assert top1_full_pool(out, targets[ids1[1][first]])[0] > 0.3  # chance is 1/60
+
+
+def test_a_kept_ridge_start_is_the_ridge_baseline(tmp_path, ridge_preset):
+    """When no trained step beats the start, the run is ridge refitted on every training image
+    (validation images too): the same predictions as training.ridge's fit on those rows."""
+    from mindsearch.runs import open_run
+    from mindsearch.training.ridge import average_by_image, fit_ridge
+
+    targets, vox, ids = _world()
+    s = train_arrays(vox, ids, targets, _cfg(ridge_preset, lr=1e-9, ridge_alpha=30.0), tmp_path / "run",
+                     progress=False)
+    assert s["chosen_step"] == 0 and s["ridge_refit_on_all_images"]
+    x, uniq = average_by_image(vox[1], ids[1])
+    coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)
+    ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
+    np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept, rtol=1e-3, atol=1e-3)
