@@ -34,13 +34,14 @@ class Retriever:
 
     def pixels(self, hit) -> np.ndarray:
         """(3, H, W) float32 in [0, 1] for one hit."""
-        if self.images_source is None and hasattr(self.engine, "image_bytes"):
+        engine = getattr(self, "engine", None)
+        if self.images_source is None and hasattr(engine, "image_bytes"):
             # the index knows its sources (folder, hdf5, webdataset, dataset): read the original
             import io
 
             from PIL import Image
 
-            data, _ = self.engine.image_bytes(self.index, int(hit.id))
+            data, _ = engine.image_bytes(self.index, int(hit.id))
             with Image.open(io.BytesIO(data)) as im:
                 return np.asarray(im.convert("RGB"), np.float32).transpose(2, 0, 1) / 255
         key = hit.path or ""
