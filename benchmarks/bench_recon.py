@@ -1,13 +1,15 @@
 """Reconstruction benchmark on the simulator (issue 9, section 4): is the low-level stage worth anything?
 
     python -m benchmarks.bench_recon [--data DIR | --quick] [--work DIR] [--subject 1]
-        [--vae ../shared/fixtures/weights] [--alexnet PATH] [--preset tiny] [--epochs N]
+        [--vae ../shared/fixtures/weights] [--alexnet PATH] [--lowlevel head|ridge] [--preset tiny] [--epochs N]
         [--limit N] [--out bench_recon.json] [--html bench_recon.html]
 
 The simulator renders real pixels, so image metrics mean something. On the test images of one
 subject (repetitions averaged before the model, as MindEye1 does) it scores, with MindEye's
 metrics (``mindsearch.eval.recon_metrics``: PixCorr, SSIM, AlexNet(2), AlexNet(5)):
 - ``blurry``: the run's low-level head -> TAEF2 latents -> decoded (MindEye's blurry image);
+  ``--lowlevel ridge``: Brain-Diffuser's route instead, ridge from voxels to the latents, with a
+  ridge run for retrieval (what a shared 2-core CPU finishes in minutes);
 - ``retrieval``: retrieval as reconstruction: the image whose target embedding is nearest the
   run's disjointed embedding among *all* the dataset's images (train and test: the protocol
   excludes nothing), so a correct retrieval returns the seen image itself;
@@ -41,7 +43,7 @@ def _log(msg: str) -> None:
 
 
 def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path, preset: str,
-            epochs: int | None, run: Path | None = None) -> tuple[Path, Path, float]:
+            epochs: int | None, run: Path | None = None, lowlevel: str = "head") -> tuple[Path, Path, float]:
     """(dataset, run, training seconds): simulate and train unless already there."""
     if run is not None:
         from mindsearch.runs import open_run
@@ -54,12 +56,19 @@ def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path,
 
             _log(f"simulating {'small' if quick else 'standard'} (subject {subject}) into {data}")
             simulate(data, "small" if quick else "standard", subjects=[subject], seed=0, force=True, log=_log)
-    run = work / (f"run-{data.name}-{preset}-s{subject}" + (f"-e{epochs}" if epochs else ""))
+    if lowlevel == "ridge":
+        run = work / f"run-{data.name}-ridge-s{subject}"
+    else:
+        run = work / (f"run-{data.name}-{preset}-s{subject}" + (f"-e{epochs}" if epochs else ""))
     seconds = 0.0
     if not (run / "config.json").is_file():
         cmd = [sys.executable, "-m", "mindsearch.cli.main", "train", "--data", str(data), "--subject",
-               str(subject), "--preset", preset, "--vae", str(vae), "--out", str(run)]
-        if epochs:
+               str(subject), "--out", str(run)]
+        if lowlevel == "ridge":
+            cmd += ["--model", "ridge"]
+        else:
+            cmd += ["--preset", preset, "--vae", str(vae)]
+        if epochs and lowlevel != "ridge":
             cmd += ["--epochs", str(epochs)]
         _log("training: " + " ".join(cmd))
         t0 = time.time()
@@ -68,7 +77,25 @@ def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path,
     return data, run, seconds
 
 
-def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit: int | None) -> dict:
+def ridge_blurry(ds, subject: int, vae, size: int, test_voxels: np.ndarray) -> np.ndarray:
+    """Brain-Diffuser's low-level route instead of the MindEye head: ridge from averaged, z-scored
+    voxels to the training images' VAE latents (alpha chosen on held-out images), decoded."""
+    from mindsearch.data.preprocess import load_split
+    from mindsearch.training.ridge import choose_alpha, fit_ridge
+    from mindsearch.vae import dataset_latents
+
+    train = load_split(ds, subject, "train", zscore=True, average="betas")
+    latents = dataset_latents(ds, vae, train.image_ids, size=size)
+    y = latents.reshape(len(latents), -1)
+    alpha, _ = choose_alpha(train.voxels, y)
+    _log(f"ridge voxels -> latents {latents.shape[1:]}: alpha {alpha:g}, {len(y)} training images")
+    coef, intercept = fit_ridge(train.voxels, y, alpha)
+    pred = (test_voxels @ coef.T + intercept).reshape(len(test_voxels), *latents.shape[1:])
+    return vae.decode(pred)
+
+
+def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit: int | None,
+                 lowlevel: str = "head", size: int | None = None) -> dict:
     """The seen test images and each stage's reconstruction of them, float32 (n, 3, H, W)."""
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
@@ -78,15 +105,20 @@ def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit:
 
     run = open_run(run_dir)
     vae = ImageAutoencoder.load(vae_path)
-    size = int(run.config["lowlevel_vae"]["image_size"])
     with open_dataset(data) as ds:
+        if lowlevel == "head":
+            size = int(run.config["lowlevel_vae"]["image_size"])
+        size = size or int(ds.image_shape[-1])
         test = load_split(ds, subject, "test", zscore=True, average="betas")
         voxels, ids = test.voxels, np.asarray(test.image_ids, np.int64)
         if limit:
             voxels, ids = voxels[:limit], ids[:limit]
         truth = resize_images(ds.images(ids), size)
         _log(f"{len(ids)} test images at {size} px; blurry stage")
-        blurry = blurry_images(run, voxels, vae, subject=subject, zscore=False)
+        if lowlevel == "head":
+            blurry = blurry_images(run, voxels, vae, subject=subject, zscore=False)
+        else:
+            blurry = ridge_blurry(ds, subject, vae, size, voxels)
         _log("retrieval stage: nearest target among all the dataset's images")
         brain = normalise(run.encode(voxels, subject=subject, zscore=False, outputs=("disjointed",))["disjointed"])
         every = np.unique(ds.trials["image_id"].to_numpy(np.int64))
@@ -141,7 +173,8 @@ def score(images: dict, alexnet: Path | None) -> dict:
 def print_table(results: dict, meta: dict) -> None:
     metrics = [m for m in SCORED if m in results["ceiling"]]
     names = {"pixcorr": "PixCorr", "ssim": "SSIM", "alexnet2": "AlexNet(2)", "alexnet5": "AlexNet(5)"}
-    print(f"{meta['n_test']} test images, subject {meta['subject']}, {meta['data']}; retrieval top-1 "
+    print(f"{meta['n_test']} test images, subject {meta['subject']}, {meta['data']}; low-level: "
+          f"{meta['lowlevel']}; retrieval top-1 "
           f"{100 * meta['retrieval_top1']:.1f}% among {meta['n_candidates']} images")
     print(f"{'stage':<11}" + "".join(f"{names[m]:>27}" for m in metrics))
     for stage in STAGES:
@@ -167,6 +200,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vae", type=Path, default=FIXTURE_WEIGHTS, help="TAEF2 folder (default: the fixtures)")
     ap.add_argument("--alexnet", type=Path, default=FIXTURE_WEIGHTS / "alexnet_imagenet_features.safetensors")
     ap.add_argument("--run", type=Path, default=None, help="an existing run trained with --vae (skips training)")
+    ap.add_argument("--lowlevel", choices=("head", "ridge"), default="head",
+                    help="head: MindEye's low-level head (mindsearch train --vae); ridge: Brain-Diffuser's "
+                         "linear map to the latents, with a ridge run for retrieval (minutes on a CPU)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test images")
@@ -175,13 +211,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
     data, run, train_s = prepare(args.work, args.data, args.quick, args.subject, args.vae, args.preset,
-                                    args.epochs, args.run)
-    images = stage_images(data, run, args.vae, args.subject, args.limit)
+                                    args.epochs, args.run, args.lowlevel)
+    images = stage_images(data, run, args.vae, args.subject, args.limit, args.lowlevel)
     alexnet = args.alexnet if args.alexnet and args.alexnet.is_file() else None
     results = score(images, alexnet)
     meta = {"data": str(data), "run": str(run), "subject": args.subject, "n_test": int(len(images["ids"])),
             "retrieval_top1": images["retrieval_top1"], "n_candidates": images["n_candidates"],
-            "n_train_images": images["n_train_images"], "vae": str(args.vae), "preset": args.preset,
+            "n_train_images": images["n_train_images"], "vae": str(args.vae), "preset": args.preset, "lowlevel": args.lowlevel,
             "alexnet": str(alexnet) if alexnet else None, "train_seconds": round(train_s, 1),
             "total_seconds": round(time.time() - t0, 1)}
     print_table(results, meta)
