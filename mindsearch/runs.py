@@ -19,9 +19,8 @@ import numpy as np
 from mindsearch.data.preprocess import ZScore
 from mindsearch.errors import MindsearchError
 from mindsearch.io import load_tensors, read_json
-from mindsearch.run_schema import check_run
+from mindsearch.run_schema import RUN_FORMAT, check_run  # noqa: F401  (RUN_FORMAT: the one definition)
 
-RUN_FORMAT = "mindsearch-run/1"
 
 # model type -> "module:callable(run_dir, config) -> encoder with .encode(voxels, subject)"
 ENCODERS = {

@@ -108,4 +108,4 @@ def test_measure_exact_vs_exact_is_one():
     index = fi.build_index(x, None, "Flat")
     res = recall.measure(lambda q, k: fi.search(index, q, k), lambda q, k: fi.exact_search(x, None, q, k),
                          _unit(rng, 20, 8), k=5, n_single=5, repeats=1)
-    assert res["recall@5"] == 1.0 and res["p50_ms"] >= 0 and res["qps"] > 0
+    assert res["recall@5"] == 1.0 and 0 < res["p50_ms"] <= res["p99_ms"] and res["qps"] > 0

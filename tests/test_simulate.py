@@ -78,7 +78,7 @@ def test_files_shapes_dtypes(tiny):
         assert g["n_test_images"] == 60
         for mode in ("average_betas", "single_trial"):
             for k in ("brain_to_image_top1", "image_to_brain_top1"):
-                assert 0 < g[mode][k] <= 1 and g[mode][k + "_se"] >= 0
+                assert 0 < g[mode][k] <= 1 and 0 <= g[mode][k + "_se"] < 0.05  # Monte-Carlo SE: small
         assert g["average_betas"]["brain_to_image_top1"] >= g["single_trial"]["brain_to_image_top1"]
         truth = load_tensors(tiny / "truth" / f"subj{s:02d}.safetensors")
         assert truth["test_means"].shape == (60, v) and truth["session_offset"].shape == (3, v)
