@@ -178,13 +178,20 @@ def _svg_curve(results, width=560, height=320) -> str:
     return "\n".join(out)
 
 
+def _curve_html(results) -> str:
+    svg = _svg_curve(results)
+    return f"<h2>Learning curve</h2>\n{svg}" if svg else ""
+
+
 def _regime_html(results) -> str:
     rows = regime_rows(results)
     if not rows:
         return ""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in REGIME_HEADER)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<h2>Regimes</h2><table><tr>{head}</tr>{body}</table>"
+    preset = html.escape(str(results.get("regime_preset", "cpu")))
+    return (f"<h2>Regimes</h2><p class=\"note\">Encoders: preset {preset}. CSLS: hubness-corrected, "
+            f"reference bank = training-split embeddings.</p><table><tr>{head}</tr>{body}</table>")
 
 
 def render_html(results) -> str:
@@ -205,8 +212,7 @@ th{{background:#f4f4f4}} .note{{color:#555}}</style></head><body>
 Machine: {machine.get('cpus')} CPUs, load average (1/5/15 min) {load(machine.get('load_before'))} before,
 {load(machine.get('load_after'))} after. Runs trained two at a time, one thread each.</p>
 <table><tr>{head}</tr>{body}</table>
-<h2>Learning curve</h2>
-{_svg_curve(results)}
+{_curve_html(results)}
 {_regime_html(results)}
 </body></html>
 """

@@ -158,3 +158,24 @@ def test_schedule_phases_and_optimizer_groups():
         sched.step()
     assert int(np.argmax(lrs)) in (19, 20) and max(lrs) == pytest.approx(3e-4, rel=1e-3)
     assert lrs[-1] < 3e-4 / 1000
+
+
+def test_weight_decay_on_norm_weights_is_an_option():
+    """Default: biases and norm weights are exempt; decay_norms (the anchors' behaviour) exempts
+    only biases; lr_scales put the ridge start's linear path in its own, slower group."""
+    from torch import nn
+
+    from mindsearch.training.schedules import param_groups
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    ln_w = model[1].weight
+
+    def decayed(groups):
+        return [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+
+    assert not any(p is ln_w for p in decayed(param_groups(model, 0.01)))
+    assert any(p is ln_w for p in decayed(param_groups(model, 0.01, decay_norms=True)))
+    assert all(not p.ndim == 1 or p is ln_w for p in decayed(param_groups(model, 0.01, decay_norms=True)))
+    scaled = param_groups(model, 0.01, lr_scales={"0.": 0.1})
+    slow = [p for g in scaled if g["lr_scale"] == 0.1 for p in g["params"]]
+    assert {id(p) for p in slow} == {id(model[0].weight), id(model[0].bias)}
