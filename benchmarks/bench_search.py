@@ -322,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_size(n, args, synth, faiss, Path(tmp))
     report = {
         "benchmark": "mindsearch search", "k": K, "dim": args.dim, "queries": args.queries,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "loadavg_start": [round(v, 2) for v in load0],
-                    "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
+        "machine": machine(load0),
         "threads": {"search": args.threads, "build": args.build_threads},
         "versions": {"faiss": faiss.__version__, "numpy": np.__version__},
         "data": {"rank": RANK, "clusters": N_CLUSTERS, "brain_query": "normalise(0.5 x + n), n orthogonal to "
@@ -333,14 +331,25 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     print(table(rows))
-    print(f"machine: {os.cpu_count()} CPUs, load {report['machine']['loadavg_start']} -> "
-          f"{report['machine']['loadavg_end']}; search threads {args.threads}; "
-          f"times in ms (300q = whole batch)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    print(f"search threads {args.threads}; times in ms (300q = whole batch)")
+    write_report(report, args.out)
     return 0
+
+
+def machine(load0) -> dict:
+    """The machine record of a benchmark report: figures mean little without the load beside them."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+            "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    """Print the machine line and write the JSON report (shared by the benchmarks)."""
+    m = report["machine"]
+    print(f"machine: {m['cpus']} CPUs, load {m['loadavg_start']} -> {m['loadavg_end']}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import argparse
 import http.client
 import io
 import json
-import platform
 import socket
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_search import Synth
+from benchmarks.bench_search import Synth, machine, write_report
 
 K = 16
 SPACE = {"name": "synthetic", "model": "synthetic-clip", "layer": "final", "pooling": "self",
@@ -314,19 +313,12 @@ def main(argv: list[str] | None = None) -> int:
             if n:
                 rows += bench_size(n, kind, params, args, synth, tmp)
     report = {"benchmark": "mindsearch service", "k": K, "dim": args.dim, "voxels": args.voxels,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "loadavg_start": [round(v, 2) for v in load0],
-                          "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
+              "machine": machine(load0),
               "import_seconds": profile, "elapsed_s": round(time.perf_counter() - t0, 1), "rows": rows}
     print(table(rows))
     print(f"p50 in ms unless marked; q/s = query rows per second; cold CLI: median seconds of a fresh process "
           f"(1 query). Imports in a fresh process (s): {profile}")
-    print(f"machine: {os.cpu_count()} CPUs, load {report['machine']['loadavg_start']} -> "
-          f"{report['machine']['loadavg_end']}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

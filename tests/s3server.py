@@ -12,14 +12,10 @@ import sys
 import time
 from typing import Iterator
 
+from localproc import free_port, stop
+
 ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION",
             "AWS_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -27,7 +23,7 @@ def s3_server(bucket: str = "mindsearch-test", timeout: float = 30.0) -> Iterato
     """Start moto on a free loopback port, create ``bucket``, yield the AWS_* environment."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
@@ -48,12 +44,7 @@ def s3_server(bucket: str = "mindsearch-test", timeout: float = 30.0) -> Iterato
                      region_name="us-east-1").create_bucket(Bucket=bucket)
         yield {**env, "bucket": bucket}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 @contextlib.contextmanager

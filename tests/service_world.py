@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from localproc import free_port, stop
 
 TINY_SIM = dict(n_voxels=120, n_shared=60, n_unique=90, trials_per_session=150, image_size=32,
                 tokens=3, dim=16, mc_min_draws=10, mc_max_draws=40)
@@ -41,12 +42,6 @@ def build_world(root: Path, *, brain_store: bool = True) -> dict:
                            image_ids=test.image_ids, source=str(data))
     return {"root": root, "data": Path(data).resolve(), "run": (root / "ridge").resolve(),
             "indexes": (root / "indexes").resolve()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli_env(home: Path) -> dict:
@@ -91,12 +86,7 @@ def serving(home: Path, world: dict, *, token: str = "test-token", extra=(), wai
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
         log.close()
 
 

@@ -272,13 +272,9 @@ class Backend:
         return out
 
     def _engine_options(self, args: dict) -> dict:
-        """Search settings passed through when this engine has them (``shortlist``: the re-rank pool)."""
-        import inspect
-
+        """Search settings passed through to the engine (``shortlist``: the re-rank pool)."""
         if args.get("shortlist") in (None, ""):
             return {}
-        if "shortlist" not in inspect.signature(self.engine.search).parameters:
-            raise Refused("this engine has no shortlist setting", 400, "bad_argument")
         return {"shortlist": int_arg(args["shortlist"], "shortlist", low=1, high=100_000)}
 
     def _engine_call(self, fn):
