@@ -34,10 +34,8 @@ class Refused(MindsearchError):
 
 
 def hit_dict(hit) -> dict:
-    """One hit as the service and ``query --json`` print it (fields a newer Hit lacks default)."""
-    out = hit.as_dict() if hasattr(hit, "as_dict") else dict(hit)
-    out.setdefault("score_kind", getattr(hit, "score_kind", None))
-    return out
+    """One hit as the service and ``query --json`` print it (image hits are ``Hit``s, brain hits dicts)."""
+    return hit.as_dict() if hasattr(hit, "as_dict") else dict(hit)
 
 
 def parse_npy(body: bytes, what: str) -> np.ndarray:
