@@ -13,7 +13,6 @@ processes on a 2-core machine change these numbers a lot).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

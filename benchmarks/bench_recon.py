@@ -24,7 +24,6 @@ and trains ``mindsearch train --vae`` there; existing datasets and runs in --wor
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

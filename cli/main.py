@@ -13,7 +13,7 @@ import sys
 import click
 
 from mindsearch import __version__
-from mindsearch.errors import InputError, MindsearchError
+from mindsearch.errors import InputError
 
 # name -> "module:attribute" of a click command; imported on first use.
 COMMANDS = {

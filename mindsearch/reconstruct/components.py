@@ -115,7 +115,7 @@ class DiffusionComponents:
                     device: str = "cpu") -> "DiffusionComponents":
         """Tiny random UNet (conditioned on ``tokens x dim``), VAE (8x) and UniPC scheduler."""
         import torch
-        from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
+        from diffusers import UNet2DConditionModel, UniPCMultistepScheduler
 
         if image_size % 8:
             raise MindsearchError(f"random-tiny image size must be a multiple of 8 (got {image_size})")
