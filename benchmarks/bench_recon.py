@@ -76,12 +76,13 @@ def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path,
     return data, run, seconds
 
 
-def ridge_blurry(ds, subject: int, vae, size: int, test_voxels: np.ndarray) -> np.ndarray:
+def ridge_blurry(ds, subject: int, vae, size: int, test_voxels: np.ndarray, blur: float) -> np.ndarray:
     """Brain-Diffuser's low-level route instead of the MindEye head: ridge from averaged, z-scored
-    voxels to the training images' VAE latents (alpha chosen on held-out images), decoded."""
+    voxels to the training images' VAE latents (alpha chosen on held-out images), decoded and
+    low-passed like the head's blurry images (``mindsearch.vae.smooth``)."""
     from mindsearch.data.preprocess import load_split
     from mindsearch.training.ridge import choose_alpha, fit_ridge
-    from mindsearch.vae import dataset_latents
+    from mindsearch.vae import dataset_latents, smooth
 
     train = load_split(ds, subject, "train", zscore=True, average="betas")
     latents = dataset_latents(ds, vae, train.image_ids, size=size)
@@ -90,11 +91,11 @@ def ridge_blurry(ds, subject: int, vae, size: int, test_voxels: np.ndarray) -> n
     _log(f"ridge voxels -> latents {latents.shape[1:]}: alpha {alpha:g}, {len(y)} training images")
     coef, intercept = fit_ridge(train.voxels, y, alpha)
     pred = (test_voxels @ coef.T + intercept).reshape(len(test_voxels), *latents.shape[1:])
-    return vae.decode(pred)
+    return smooth(vae.decode(pred), blur)
 
 
 def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit: int | None,
-                 lowlevel: str = "head", size: int | None = None) -> dict:
+                 lowlevel: str = "head", size: int | None = None, blur: float = 0.025) -> dict:
     """The seen test images and each stage's reconstruction of them, float32 (n, 3, H, W)."""
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
@@ -115,9 +116,9 @@ def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit:
         truth = resize_images(ds.images(ids), size)
         _log(f"{len(ids)} test images at {size} px; blurry stage")
         if lowlevel == "head":
-            blurry = blurry_images(run, voxels, vae, subject=subject, zscore=False)
+            blurry = blurry_images(run, voxels, vae, subject=subject, zscore=False, blur=blur)
         else:
-            blurry = ridge_blurry(ds, subject, vae, size, voxels)
+            blurry = ridge_blurry(ds, subject, vae, size, voxels, blur)
         _log("retrieval stage: nearest target among all the dataset's images")
         brain = normalise(run.encode(voxels, subject=subject, zscore=False, outputs=("disjointed",))["disjointed"])
         every = np.unique(ds.trials["image_id"].to_numpy(np.int64))
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lowlevel", choices=("head", "ridge"), default="head",
                     help="head: MindEye's low-level head (mindsearch train --vae); ridge: Brain-Diffuser's "
                          "linear map to the latents, with a ridge run for retrieval (minutes on a CPU)")
+    ap.add_argument("--blur", type=float, default=0.025,
+                    help="low-pass of the blurry stage, sigma as a share of the width (0: raw decode)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test images")
@@ -211,12 +214,12 @@ def main(argv=None) -> int:
     t0 = time.time()
     data, run, train_s = prepare(args.work, args.data, args.quick, args.subject, args.vae, args.preset,
                                     args.epochs, args.run, args.lowlevel)
-    images = stage_images(data, run, args.vae, args.subject, args.limit, args.lowlevel)
+    images = stage_images(data, run, args.vae, args.subject, args.limit, args.lowlevel, blur=args.blur)
     alexnet = args.alexnet if args.alexnet and args.alexnet.is_file() else None
     results = score(images, alexnet)
     meta = {"data": str(data), "run": str(run), "subject": args.subject, "n_test": int(len(images["ids"])),
             "retrieval_top1": images["retrieval_top1"], "n_candidates": images["n_candidates"],
-            "n_train_images": images["n_train_images"], "vae": str(args.vae), "preset": args.preset, "lowlevel": args.lowlevel,
+            "n_train_images": images["n_train_images"], "vae": str(args.vae), "preset": args.preset, "lowlevel": args.lowlevel, "blur": args.blur,
             "alexnet": str(alexnet) if alexnet else None, "train_seconds": round(train_s, 1),
             "total_seconds": round(time.time() - t0, 1)}
     print_table(results, meta)

@@ -30,6 +30,8 @@ from mindsearch.cli.common import say
               help="img2img strength: 0.85 runs 17 of 20 steps (the paper's '0.15').")
 @click.option("--guidance", type=float, default=3.5, show_default=True, help="Classifier-free guidance.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--blur", type=float, default=0.025, show_default=True,
+              help="Low-pass of the blurry image: Gaussian sigma as a share of its width (0: MindEye's raw decode).")
 @click.option("--init", "init", type=click.Choice(["blurry", "retrieved", "none"]), default="blurry",
               show_default=True, help="img2img starting image.")
 @click.option("--init-norm", type=click.Choice(["vae", "clip"]), default="vae", show_default=True,
@@ -52,7 +54,7 @@ from mindsearch.cli.common import say
               help="Diffusion components' precision (fp16/bf16 with --device cuda; MindEye1 used fp16).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def reconstruct(run_dir, voxels, data, trials, subject, session, no_zscore, out, vd, vae, samples, steps, strength, guidance, seed,
-                init, init_norm, mode, index_name, root, images, retrieved_candidates, ranking, clip, limit,
+                blur, init, init_norm, mode, index_name, root, images, retrieved_candidates, ranking, clip, limit,
                 batch, device, dtype, no_progress):
     """Reconstruct seen images: low-level blurry image, Versatile Diffusion img2img, best-of-N."""
     from mindsearch.reconstruct import ReconstructionSettings
@@ -60,7 +62,7 @@ def reconstruct(run_dir, voxels, data, trials, subject, session, no_zscore, out,
 
     settings = ReconstructionSettings(samples=samples, steps=steps, strength=strength, guidance=guidance,
                                       seed=seed, init=init, mode=mode, init_normalization=init_norm,
-                                      retrieved_candidates=retrieved_candidates, batch=batch)
+                                      retrieved_candidates=retrieved_candidates, batch=batch, blur=blur)
     _check_device(device)
     m = run_reconstruct(run_dir, out, voxels=voxels, data=data, trials=trials, subject=subject, session=session,
                         zscore=not no_zscore, vd=vd, vae=vae,

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from mindsearch.errors import MindsearchError  # noqa: E402
-from mindsearch.vae import ImageAutoencoder, blurry_images, dataset_latents, resize_images  # noqa: E402
+from mindsearch.vae import ImageAutoencoder, blurry_images, dataset_latents, resize_images, smooth  # noqa: E402
 
 T, D = 3, 16
 
@@ -151,6 +151,9 @@ def test_train_mindeye_learns_the_vae_latents(tmp_path, small_dataset):
 
     blurry = blurry_images(run, train.voxels[rows[:4]], vae, zscore=False)
     assert blurry.shape == (4, 3, 32, 32) and 0 <= blurry.min() and blurry.max() <= 1
+    raw = blurry_images(run, train.voxels[rows[:4]], vae, zscore=False, blur=0)  # MindEye's raw decode
+    assert np.allclose(raw, vae.decode(out["lowlevel"][:4]), atol=1e-5)
+    assert np.allclose(blurry, smooth(raw), atol=1e-5) and not np.allclose(blurry, raw, atol=1e-3)
     other = tmp_path / "other"
     _tiny_kl(other)
     from diffusers import AutoencoderKL
@@ -173,3 +176,17 @@ def test_cli_refuses_vae_without_images(tmp_path, small_dataset):
                                    "--vae", str(vae_dir), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2, res.output
     assert "no images" in res.output
+
+
+def test_smooth_is_a_gaussian_low_pass():
+    rng = np.random.default_rng(0)
+    noise = rng.random((2, 3, 64, 64)).astype(np.float32)
+    flat = np.full((1, 3, 64, 64), 0.3, np.float32)
+    out = smooth(noise)  # sigma 0.025 x 64 = 1.6 px
+    assert out.shape == noise.shape and np.allclose(out.mean(), noise.mean(), atol=0.01)  # keeps the mean
+    assert out.std() < 0.4 * noise.std()  # removes the speckle
+    assert np.allclose(smooth(flat), flat, atol=1e-6) and smooth(noise, 0) is noise
+    wider = smooth(noise, 0.05)
+    assert wider.std() < out.std()
+    with pytest.raises(MindsearchError, match="blur"):
+        smooth(noise, -1)

@@ -42,6 +42,7 @@ class ReconstructionSettings:
     init_normalization: str = "vae"  # "clip" reproduces MindEye1's quirk (ANCHORS 5.5)
     retrieved_candidates: int = 1  # top retrieved images that join best-of-N (with an index)
     batch: int = 16  # candidates per UNet batch
+    blur: float = 0.025  # low-pass of the blurry image, sigma as a share of its width (mindsearch.vae.BLUR)
 
     def check(self) -> "ReconstructionSettings":
         from mindsearch.reconstruct.diffusion import INIT_NORMALIZATIONS
@@ -59,6 +60,8 @@ class ReconstructionSettings:
             raise MindsearchError(f"--strength must be in [0, 1] (got {self.strength})")
         if float(self.guidance) < 0:
             raise MindsearchError(f"--guidance must be >= 0 (got {self.guidance})")
+        if float(self.blur) < 0:
+            raise MindsearchError(f"--blur must be >= 0 (got {self.blur})")
         if int(self.retrieved_candidates) < 0:
             raise MindsearchError("retrieved candidates must be >= 0")
         return self
@@ -265,7 +268,8 @@ class ReconstructionPipeline:
             if self.lowlevel_vae is not None:
                 from mindsearch.vae import blurry_images
 
-                blurry = blurry_images(run, one, self.lowlevel_vae, session=sess, device=self.device, **kw)[0]
+                blurry = blurry_images(run, one, self.lowlevel_vae, session=sess, device=self.device,
+                                       blur=settings.blur, **kw)[0]
             retrieved = [Candidate(self.retriever.pixels(h), "retrieved", image_id=h.id, index_score=h.score)
                          for h in hits[i]] if self.retriever is not None else []
             if not generate:
