@@ -171,8 +171,9 @@ class RemoteIndex:
         return mf.check(man, self.local, self.manifest_uri), got.meta["e_tag"]
 
     def table_location(self, stored: str) -> str:
-        """The table URI a manifest names: an absolute URI as is, a relative one under the index."""
-        if mf.is_uri(stored):
+        """The table a manifest names: a URI or an absolute path (put elsewhere on purpose) as is,
+        a relative location under the index's URI."""
+        if mf.is_uri(stored) or os.path.isabs(stored):
             return stored
         mf.inside(self.local, stored, "table location", self.manifest_uri)  # no ../ out of the index
         return f"{self.uri}/{stored}"
