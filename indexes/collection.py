@@ -27,6 +27,10 @@ Consistency rules (one writer at a time, enforced by a file lock; any number of 
   file is *retired*, not deleted: it stays for :data:`RETIRE_GRACE_S` seconds so a reader that read
   the previous manifest can still open it, and a later writer deletes it (only ever inside ``faiss/``).
 
+A root on object storage (``s3://bucket/prefix``) keeps this layout under ``ROOT/NAME/``: the writer
+works in a local mirror folder and each commit uploads the new FAISS/rows files under fresh keys,
+then puts the manifest conditionally (:mod:`indexes.remote`); the file lock then spans one cache only.
+
 Vectors are L2-normalised on the way in (cosine = inner product). Every search result carries
 ``info`` (collection, table uri + version, index key + file + params) so it can be attributed.
 """

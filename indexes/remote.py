@@ -137,6 +137,7 @@ class RemoteIndex:
         self.store = open_store(self.root, storage_options)
         digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
         self.local = cache_root() / digest / self.name
+        self._versions: dict[str, str] = {}  # ETag -> object version (GCS's generation), when the store has one
 
     def _key(self, rel: str) -> str:
         return f"{self.name}/{rel}"
@@ -168,7 +169,7 @@ class RemoteIndex:
             man = json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise InputError(f"not valid JSON ({exc})", self.manifest_uri) from None
-        return mf.check(man, self.local, self.manifest_uri), got.meta["e_tag"]
+        return mf.check(man, self.local, self.manifest_uri), self._seen(got.meta)
 
     def table_location(self, stored: str) -> str:
         """The table a manifest names: a URI or an absolute path (put elsewhere on purpose) as is,
@@ -237,8 +238,10 @@ class RemoteIndex:
                 uploaded.append(rel)
             data = (json.dumps(man, indent=2, allow_nan=False) + "\n").encode()
             mode = "create" if etag is None else {"e_tag": etag}
+            if etag is not None and self._versions.get(etag):
+                mode["version"] = self._versions[etag]
             try:
-                return obs.put(self.store, self._key(mf.MANIFEST), data, mode=mode, use_multipart=False)["e_tag"]
+                return self._seen(obs.put(self.store, self._key(mf.MANIFEST), data, mode=mode, use_multipart=False))
             except (AlreadyExistsError, PreconditionError):
                 raise InputError(self._lost(etag is None), self.uri) from None
             except Exception as exc:  # noqa: BLE001
@@ -246,6 +249,11 @@ class RemoteIndex:
         except BaseException:
             self.delete(uploaded)
             raise
+
+    def _seen(self, meta: dict) -> str:
+        if meta.get("version"):
+            self._versions[meta["e_tag"]] = meta["version"]
+        return meta["e_tag"]
 
     def _lost(self, creating: bool) -> str:
         try:
