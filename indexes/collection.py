@@ -339,11 +339,6 @@ class Collection:
         if not self._recovered:
             pinned = int(self._m["table"]["version"])
             table = tbl.open_table(self.db, self.table_name)
-            if int(table.version) != pinned and self._remote is not None:
-                # Rows past the manifest may be another machine's shard in flight: claim the index
-                # first (a conditional manifest put), so only the last claimant rolls them back and
-                # the other writer's commit fails.
-                self._commit()
             if int(table.version) != pinned:
                 table.restore(pinned)  # a new version with the committed content
             self._table, self._recovered = table, True
@@ -441,11 +436,6 @@ class Collection:
         self._m["next_id"] = max(int(self._m["next_id"]), self._pending_next)
         self._m["shards"]["finished"].append(shard_id)
         self._m["table"]["version"] = int(table.version)
-        if self._remote is not None and int(table.count_rows()) != int(self._m["count"]):
-            # No file lock spans machines: a shard another writer added or rolled back meanwhile
-            # shows here, and nothing is committed (the next writer restores the committed rows).
-            raise InputError(f"the table changed under this writer (it holds {table.count_rows()} rows, "
-                             f"{self._m['count']} expected); another writer is at work: re-run", self._location)
         if self._needs_rebuild:  # rows were replaced: the index is rebuilt from the table
             index = self._build(self._m["index"]["key"], params=self._m["index"].get("params"))
             self._save_and_commit(index, self._m["index"]["key"], self._m["index"].get("kind", "auto"))

@@ -279,3 +279,40 @@ def test_build_and_serve_from_s3_with_the_cli(s3server, tmp_path, home):
     assert [i["name"] for i in backend.indexes()] == ["laion"]
     out = backend.query({"embedding": vecs[[4, 7]].tolist(), "k": 2})
     assert [b[0]["path"] for b in out["hits"]] == ["/data/4.jpg", "/data/7.jpg"]
+
+
+def test_a_shard_in_flight_on_another_machine(store, home, monkeypatch):
+    """Machine A is halfway through a shard (rows appended, nothing committed) when machine B starts
+    writing and rolls the table back to the manifest. Lance refuses A's next append (an append
+    cannot commit over a concurrent restore), B's version holds exactly B's rows, and A's re-run
+    lands on top of it: nothing lost, nothing twice."""
+    from mindsearch.indexes.collection import Collection
+    from mindsearch.indexes.reader import Reader
+
+    root, table_uri = store
+    _build(root, "eels", table_uri)
+    part1, part2 = _rows(7, 5, start=30), _rows(8, 5, start=35)
+    monkeypatch.setenv("MINDSEARCH_HOME", str(home / "machine-a"))
+    a = Collection.open(root, "eels").lock()
+    a.add(part1, shard="from-a")
+    monkeypatch.setenv("MINDSEARCH_HOME", str(home / "machine-b"))
+    with Collection.open(root, "eels") as b:
+        b.add(_rows(9, 3, start=100), shard="from-b")  # rolls A's first batch back
+        with pytest.raises(InputError, match="Incompatible transaction"):
+            a.add(part2, shard="from-a")
+        b.finish_shard("from-b")
+        b.build_index("flat")
+    with pytest.raises(InputError, match="another writer committed version"):
+        a.finish_shard("from-a")
+    a.close()
+    r = Reader(root, "eels")
+    assert r.snapshot().manifest["shards"]["finished"] == ["s0", "from-b"] and _found(r) == 33
+
+    monkeypatch.setenv("MINDSEARCH_HOME", str(home / "machine-a"))
+    with Collection.open(root, "eels") as a:  # A's re-run
+        a.add({k: np.concatenate([v, part2[k]]) for k, v in part1.items()}, shard="from-a")
+        a.finish_shard("from-a")
+    coll = Collection.open(root, "eels")
+    keys = coll.table.to_arrow().column("key").to_pylist()
+    assert coll.count == len(keys) == len(set(keys)) == 43
+    assert sorted(coll.finished_shards) == ["from-a", "from-b", "s0"]
