@@ -138,17 +138,17 @@ class Collection:
         where = remote.uri if remote else path
         dim = int(dim)
         if dim <= 0:
-            raise InputError(f"dim must be positive, got {dim}", path)
+            raise InputError(f"dim must be positive, got {dim}", where)
         if kind not in mf.KINDS:
-            raise InputError(f"kind must be one of {mf.KINDS}, got {kind!r}", path)
+            raise InputError(f"kind must be one of {mf.KINDS}, got {kind!r}", where)
         if not isinstance(space, Mapping):
-            raise InputError("space must be an embedding-space record (a dict)", path)
+            raise InputError("space must be an embedding-space record (a dict)", where)
         if kind == "images" and space.get("dim") is not None and tokens_shape is None and int(space["dim"]) != dim:
-            raise InputError(f"dimension mismatch: space record has dim {space['dim']}, index dim {dim}", path)
+            raise InputError(f"dimension mismatch: space record has dim {space['dim']}, index dim {dim}", where)
         if tokens_shape is not None:
             tokens_shape = (int(tokens_shape[0]), int(tokens_shape[1]))
             if tokens_shape[1] != dim:
-                raise InputError(f"dimension mismatch: tokens are {tokens_shape}, pooled dim is {dim}", path)
+                raise InputError(f"dimension mismatch: tokens are {tokens_shape}, pooled dim is {dim}", where)
         exists = (lambda: remote.etag() is not None) if remote else (path / MANIFEST).exists
         if not exist_ok and exists():  # before waiting for a writer that may hold it
             raise InputError("collection already exists", where)
