@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from mindsearch.cli.common import emit_json, say, table
@@ -107,10 +105,9 @@ def _manifests(root):
     """``[(name, kind, manifest)]`` of the indexes and brain stores under the root (no LanceDB)."""
     from mindsearch.engine import BRAIN_DIR, default_root
     from mindsearch.indexes import manifest as mf
-
-    base = default_root(root)
     from mindsearch.indexes.remote import is_remote
 
+    base = default_root(root)
     if is_remote(base):  # an object store: the manifests under the prefix (no brain stores there)
         from mindsearch.indexes.remote import RemoteIndex, list_names
 
@@ -161,16 +158,18 @@ def list_(root, as_json):
 def info(name, brain, root, as_json):
     """Show an index's manifest: space, counts, FAISS parameters, table version, recall."""
     from mindsearch.engine import BRAIN_DIR, default_root
+    from mindsearch.errors import MindsearchError
     from mindsearch.indexes import manifest as mf
-
     from mindsearch.indexes.remote import RemoteIndex, is_remote
 
     base = default_root(root)
-    if is_remote(base) and not brain:
+    if is_remote(base):
+        if brain:
+            raise MindsearchError("brain stores live under a local index root, not on object storage", base)
         mf.check_name(name, base)
         m = RemoteIndex(base, name).read_manifest()[0]
     else:
-        base = Path(base) / BRAIN_DIR if brain else base
+        base = base / BRAIN_DIR if brain else base
         mf.check_name(name, base)
         m = mf.read(base / name)
     if as_json:

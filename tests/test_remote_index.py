@@ -246,6 +246,8 @@ def test_index_list_info_and_query_commands(tmp_path, home):
     assert '"path": "img0"' in res.output
     res = runner.invoke(cli, ["index", "info", "nope", "--root", root])
     assert res.exit_code == 2 and "index manifest not found" in res.output
+    res = runner.invoke(cli, ["index", "info", "owls", "--brain", "--root", root])
+    assert res.exit_code == 2 and "brain stores live under a local index root" in res.output
     res = runner.invoke(cli, ["index", "rm", "owls", "--root", root])
     assert res.exit_code == 0, res.output
     assert _keys(root) == [] and runner.invoke(cli, ["index", "list", "--root", root, "--json"]).output == ""
