@@ -318,3 +318,38 @@ def test_a_shard_in_flight_on_another_machine(store, home, monkeypatch):
     keys = coll.table.to_arrow().column("key").to_pylist()
     assert coll.count == len(keys) == len(set(keys)) == 43
     assert sorted(coll.finished_shards) == ["from-a", "from-b", "s0"]
+
+
+def test_retired_files_leave_the_store_after_their_grace(home, tmp_path, monkeypatch):
+    from mindsearch.indexes import collection
+
+    root = f"memory://test/r{next(_roots)}"
+    first = _build(root, "ants", str(tmp_path / "t"))
+    monkeypatch.setattr(collection, "RETIRE_GRACE_S", 0.0)
+    second = _build(root, "ants", str(tmp_path / "t"), shards=((0, 30), (1, 5)))
+    keys = _keys(root)
+    assert f"ants/{second['file']}" in keys and f"ants/{second['rows']}" in keys
+    assert f"ants/{first['file']}" not in keys and f"ants/{first['rows']}" not in keys
+    assert not list(home.glob(f"cache/remote/*/ants/{first['file']}"))
+
+
+@pytest.mark.slow
+def test_storage_options_instead_of_the_environment(s3server, monkeypatch):
+    """One ``storage_options`` mapping reaches both LanceDB (the table) and obstore (manifest, FAISS)."""
+    from mindsearch.indexes.collection import Collection
+    from mindsearch.indexes.reader import Reader
+    from mindsearch.indexes.remote import store_options
+
+    options = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "aws_region": "us-east-1",
+               "aws_endpoint": s3server["AWS_ENDPOINT"], "allow_http": "true"}
+    assert store_options(options) == ({k: v for k, v in options.items() if k != "allow_http"},
+                                      {"allow_http": "true"})
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(key, raising=False)
+    root = f"s3://{s3server['bucket']}/options"
+    with Collection.create(root, "ducks", SPACE, 8, storage_options=options) as coll:
+        coll.add(_rows(4, 9), shard="s0")
+        coll.finish_shard("s0")
+        coll.build_index("flat")
+    r = Reader(root, "ducks", storage_options=options)
+    assert _found(r) == 9 and r.table().count_rows() == 9
