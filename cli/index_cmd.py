@@ -6,7 +6,8 @@ import click
 
 from mindsearch.cli.common import emit_json, say, table
 
-ROOT_HELP = "Index root (default: $MINDSEARCH_HOME/indexes, else ~/.mindsearch/indexes)."
+ROOT_HELP = ("Index root: a folder or an object-store URI such as s3://bucket/prefix (default: "
+             "$MINDSEARCH_HOME/indexes, else ~/.mindsearch/indexes).")
 
 
 @click.group()
@@ -89,7 +90,7 @@ def build(name, images, embeddings, data, model, weights, output, store_tokens, 
     else:
         rec = info["index"]
         click.echo(f"index {name}: {info['count']} images, faiss {rec.get('key')}, table version "
-                   f"{info['table_version']}, in {engine.root / name}")
+                   f"{info['table_version']}, in {engine.root}/{name}")
         if info.get("skipped"):
             click.echo(f"{len(info['skipped'])} unreadable image(s) skipped (listed above)")
 
@@ -104,8 +105,13 @@ def _manifests(root):
     """``[(name, kind, manifest)]`` of the indexes and brain stores under the root (no LanceDB)."""
     from mindsearch.engine import BRAIN_DIR, default_root
     from mindsearch.indexes import manifest as mf
+    from mindsearch.indexes.remote import is_remote
 
     base = default_root(root)
+    if is_remote(base):  # an object store: the manifests under the prefix (no brain stores there)
+        from mindsearch.indexes.remote import RemoteIndex, list_names
+
+        return base, [(n, "images", RemoteIndex(base, n).read_manifest()[0]) for n in list_names(base)]
     out = []
     for folder, kind in ((base, "images"), (base / BRAIN_DIR, "brain")):
         if not folder.is_dir():
@@ -152,16 +158,25 @@ def list_(root, as_json):
 def info(name, brain, root, as_json):
     """Show an index's manifest: space, counts, FAISS parameters, table version, recall."""
     from mindsearch.engine import BRAIN_DIR, default_root
+    from mindsearch.errors import MindsearchError
     from mindsearch.indexes import manifest as mf
+    from mindsearch.indexes.remote import RemoteIndex, is_remote
 
-    base = default_root(root) / BRAIN_DIR if brain else default_root(root)
-    mf.check_name(name, base)
-    m = mf.read(base / name)
+    base = default_root(root)
+    if is_remote(base):
+        if brain:
+            raise MindsearchError("brain stores live under a local index root, not on object storage", base)
+        mf.check_name(name, base)
+        m = RemoteIndex(base, name).read_manifest()[0]
+    else:
+        base = base / BRAIN_DIR if brain else base
+        mf.check_name(name, base)
+        m = mf.read(base / name)
     if as_json:
         emit_json(m)
         return
     idx = m.get("index") or {}
-    lines = [("name", name), ("kind", m.get("kind", "images")), ("path", str(base / name)),
+    lines = [("name", name), ("kind", m.get("kind", "images")), ("path", f"{base}/{name}"),
              ("space", ", ".join(f"{k}={v}" for k, v in m["space"].items())),
              ("vectors", f"{m['count']} x {m['dim']}" + (f" (tokens {m['tokens_shape'][0]}x{m['tokens_shape'][1]})"
                                                         if m.get("tokens_shape") else "")),

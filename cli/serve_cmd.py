@@ -9,7 +9,8 @@ from mindsearch.cli.common import say
 
 @click.command()
 @click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Index root (default: the saved one, else $MINDSEARCH_HOME/indexes).")
+              help="Index root: a folder or s3://bucket/prefix (default: the saved one, else "
+                   "$MINDSEARCH_HOME/indexes).")
 @click.option("--run", "runs", multiple=True, type=click.Path(file_okay=False),
               help="A run to serve (repeatable; default: the saved run).")
 @click.option("--data", type=click.Path(), default=None, help="Dataset whose trials the page offers.")
@@ -41,7 +42,9 @@ def serve(root, runs, data, host, port, token, model, weights, max_body_mb, no_r
     from mindsearch.service.backend import Backend
 
     backend = Backend(root, runs=runs, data=data, image_model=model, image_weights=weights)
-    if not backend.root.is_dir():
+    from mindsearch.indexes.remote import is_remote
+
+    if not is_remote(backend.root) and not backend.root.is_dir():
         raise MindsearchError("index root not found; give it with --root DIR or set MINDSEARCH_HOME "
                               "(or save one with `mindsearch use --root`)", backend.root)
     backend.warm()

@@ -27,6 +27,10 @@ Consistency rules (one writer at a time, enforced by a file lock; any number of 
   file is *retired*, not deleted: it stays for :data:`RETIRE_GRACE_S` seconds so a reader that read
   the previous manifest can still open it, and a later writer deletes it (only ever inside ``faiss/``).
 
+A root on object storage (``s3://bucket/prefix``) keeps this layout under ``ROOT/NAME/``: the writer
+works in a local mirror folder and each commit uploads the new FAISS/rows files under fresh keys,
+then puts the manifest conditionally (:mod:`indexes.remote`); the file lock then spans one cache only.
+
 Vectors are L2-normalised on the way in (cosine = inner product). Every search result carries
 ``info`` (collection, table uri + version, index key + file + params) so it can be attributed.
 """
@@ -46,6 +50,7 @@ from mindsearch.indexes.errors import InputError
 from mindsearch.indexes.io import remove_stale_temporaries, write_json
 from mindsearch.indexes.lock import WriterLock
 from mindsearch.indexes.reader import check_index
+from mindsearch.indexes.remote import RemoteIndex, is_remote
 from mindsearch.indexes.search import RERANK_SHORTLIST, SearchResult, search  # noqa: F401  (re-exported)
 
 FORMAT = mf.FORMAT
@@ -58,6 +63,11 @@ CRASH_ENV = "MINDSEARCH_TEST_CRASH"
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _read(remote: RemoteIndex | None, path: Path | None) -> tuple[dict, str | None]:
+    """The committed manifest and its ETag (``None`` for a local index)."""
+    return remote.read_manifest() if remote else (mf.read(path), None)
 
 
 def _crash_point(point: str) -> None:
@@ -76,18 +86,24 @@ class Collection:
     """
 
     def __init__(self, root: Path, name: str, manifest: dict, *, storage_options: dict | None = None,
-                 lock: WriterLock | None = None):
-        self.root = Path(root)
+                 lock: WriterLock | None = None, remote: RemoteIndex | None = None, etag: str | None = None):
+        self.root = remote.root if remote else Path(root)
         self.name = mf.check_name(name, self.root)
-        self.path = self.root / name
+        # A remote index is written in its local mirror folder, then published (indexes.remote).
+        self._remote = remote
+        self.path = remote.local if remote else self.root / name
         self.manifest_path = self.path / MANIFEST
         self._storage_options = storage_options
         self._lock = lock or WriterLock(self.path)
-        self._set_manifest(manifest)
+        self._set_manifest(manifest, etag)
 
-    def _set_manifest(self, manifest: dict) -> None:
+    def _set_manifest(self, manifest: dict, etag: str | None = None) -> None:
         self._m = manifest
-        self._location = mf.table_location(self.path, manifest["table"]["uri"], self.manifest_path)
+        self._etag = etag  # the remote manifest this writer continues from (its conditional put)
+        idx = manifest.get("index") or {}
+        self._published = {f for f in (idx.get("file"), idx.get("rows")) if f}  # on the store already
+        self._location = (self._remote.table_location(manifest["table"]["uri"]) if self._remote
+                          else mf.table_location(self.path, manifest["table"]["uri"], self.manifest_path))
         self._db = None
         self._table = None          # handle used for reads and writes
         self._recovered = False     # True once the table is writable at/after the manifest version
@@ -115,35 +131,40 @@ class Collection:
         ``kind`` "brain" makes a brain store (``dim`` is the flattened embedding size). The
         collection is returned holding the writer lock.
         """
-        root = Path(root)
+        remote = RemoteIndex(root, name, storage_options) if is_remote(root) else None
+        root = remote.root if remote else Path(root)
         mf.check_name(name, root)
-        path = root / name
+        path = remote.local if remote else root / name
+        where = remote.uri if remote else path
         dim = int(dim)
         if dim <= 0:
-            raise InputError(f"dim must be positive, got {dim}", path)
+            raise InputError(f"dim must be positive, got {dim}", where)
         if kind not in mf.KINDS:
-            raise InputError(f"kind must be one of {mf.KINDS}, got {kind!r}", path)
+            raise InputError(f"kind must be one of {mf.KINDS}, got {kind!r}", where)
         if not isinstance(space, Mapping):
-            raise InputError("space must be an embedding-space record (a dict)", path)
+            raise InputError("space must be an embedding-space record (a dict)", where)
         if kind == "images" and space.get("dim") is not None and tokens_shape is None and int(space["dim"]) != dim:
-            raise InputError(f"dimension mismatch: space record has dim {space['dim']}, index dim {dim}", path)
+            raise InputError(f"dimension mismatch: space record has dim {space['dim']}, index dim {dim}", where)
         if tokens_shape is not None:
             tokens_shape = (int(tokens_shape[0]), int(tokens_shape[1]))
             if tokens_shape[1] != dim:
-                raise InputError(f"dimension mismatch: tokens are {tokens_shape}, pooled dim is {dim}", path)
-        if not exist_ok and (path / MANIFEST).exists():  # before waiting for a writer that may hold it
-            raise InputError("collection already exists", path / MANIFEST)
+                raise InputError(f"dimension mismatch: tokens are {tokens_shape}, pooled dim is {dim}", where)
+        exists = (lambda: remote.etag() is not None) if remote else (path / MANIFEST).exists
+        if not exist_ok and exists():  # before waiting for a writer that may hold it
+            raise InputError("collection already exists", where)
         lock = WriterLock(path).acquire(lock_timeout)
         try:
-            if (path / MANIFEST).exists():
+            if exists():
                 if exist_ok:
-                    coll = cls(root, name, mf.read(path), storage_options=storage_options, lock=lock)
+                    man, etag = _read(remote, path)
+                    coll = cls(root, name, man, storage_options=storage_options, lock=lock, remote=remote,
+                               etag=etag)
                     coll._after_lock()
                     return coll
-                raise InputError("collection already exists", path / MANIFEST)
+                raise InputError("collection already exists", where)
             for folder in (path, path / "faiss"):  # leftovers of a create killed before its commit
                 remove_stale_temporaries(folder)
-            uri = table_uri or str(path / "lance")
+            uri = table_uri or (remote.table_location("lance") if remote else str(path / "lance"))
             table_name = tbl.BRAIN_TABLE if kind == "brain" else tbl.IMAGE_TABLE
             schema = tbl.image_schema(dim, tokens_shape, extra_columns)
             db = tbl.connect(uri, storage_options=storage_options)
@@ -161,17 +182,19 @@ class Collection:
                 "extra_columns": {k: str(v) for k, v in (extra_columns or {}).items()},
                 "metric": "cosine", "normalised": True,
                 "count": 0, "next_id": 0,
-                "table": {"uri": mf.stored_location(path, uri), "name": table_name,
+                "table": {"uri": "lance" if remote and not table_uri else mf.stored_location(path, uri),
+                          "name": table_name,
                           "version": int(table.version)},
                 "shards": {"finished": []},
                 "index": None, "recall": {}, "retired": [],
                 "created": _now(), "updated": _now(),
             }
-            write_json(path / MANIFEST, manifest, allow_nan=False)
+            etag = remote.publish(manifest, None) if remote else write_json(path / MANIFEST, manifest,
+                                                                                allow_nan=False)
         except BaseException:
             lock.release()
             raise
-        coll = cls(root, name, manifest, storage_options=storage_options, lock=lock)
+        coll = cls(root, name, manifest, storage_options=storage_options, lock=lock, remote=remote, etag=etag)
         coll._db = db
         coll._table, coll._version = table, int(table.version)
         coll._recovered = coll._checked = True
@@ -180,9 +203,11 @@ class Collection:
     @classmethod
     def open(cls, root: str | Path, name: str, *, storage_options: dict | None = None) -> "Collection":
         """Open ``ROOT/NAME`` (reads are pinned to the manifest's table version; no lock until a write)."""
-        root = Path(root)
+        remote = RemoteIndex(root, name, storage_options) if is_remote(root) else None
+        root = remote.root if remote else Path(root)
         mf.check_name(name, root)
-        return cls(root, name, mf.read(root / name), storage_options=storage_options)
+        man, etag = _read(remote, None if remote else root / name)
+        return cls(root, name, man, storage_options=storage_options, remote=remote, etag=etag)
 
     # ---------------------------------------------------------------- the writer lock
     def lock(self, timeout: float | None = None) -> "Collection":
@@ -192,7 +217,7 @@ class Collection:
                 raise InputError("internal: pending rows without the writer lock", self.path)
             self._lock.acquire(timeout)
             try:
-                self._set_manifest(mf.read(self.path))  # what the previous writer committed last
+                self._set_manifest(*_read(self._remote, self.path))  # what the previous writer committed last
                 self._after_lock()
             except BaseException:
                 self._lock.release()
@@ -230,7 +255,10 @@ class Collection:
         folder = self.path / "faiss"
         for rel in gone:
             mf.faiss_file(self.path, rel, self.manifest_path).unlink(missing_ok=True)
-        if folder.is_dir():  # orphans: written by a writer killed before its commit
+        if self._remote is not None:
+            # Remote orphans (a writer killed between upload and commit) are left: only wasted space.
+            self._remote.delete(gone)
+        elif folder.is_dir():  # orphans: written by a writer killed before its commit
             for p in folder.iterdir():
                 if f"faiss/{p.name}" not in named and not p.name.startswith("."):
                     p.unlink(missing_ok=True)
@@ -329,7 +357,15 @@ class Collection:
     def _commit(self) -> None:
         self._m["updated"] = _now()
         self._m["version"] = int(self._m.get("version", 0)) + 1
-        write_json(self.manifest_path, self._m, allow_nan=False)
+        if self._remote is None:
+            write_json(self.manifest_path, self._m, allow_nan=False)
+            return
+        # Object storage: the files this version names that are not up yet, then the manifest.
+        idx = self._m.get("index") or {}
+        published = {r["file"] for r in self._m.get("retired", [])} | set(self._published)
+        new = [f for f in (idx.get("file"), idx.get("rows")) if f and f not in published]
+        self._etag = self._remote.publish(self._m, self._etag, new)
+        self._published = {f for f in (idx.get("file"), idx.get("rows")) if f}
 
     # ---------------------------------------------------------------- writing
     def add(self, batch: Any, shard: str | None = None, *, replace: bool = False) -> int:
@@ -493,6 +529,8 @@ class Collection:
         existing |= {r["file"].rpartition("/")[2] for r in self._m.get("retired", [])}
         while f"index-{seq:06d}.faiss" in existing or f"rows-{seq:06d}.arrow" in existing:
             seq += 1
+        if self._remote is not None:  # a key no other writer of the store can choose
+            return f"faiss/index-{seq:06d}-{self._remote.new_file_tag()}.faiss"
         return f"faiss/index-{seq:06d}.faiss"
 
     def _write_rows(self, table, index_file: str) -> str:
@@ -590,7 +628,8 @@ class Collection:
             rec = self._m.get("index")
             if rec is None:
                 raise InputError("no index built yet (run build_index)", self.manifest_path)
-            file = mf.faiss_file(self.path, rec["file"], self.manifest_path)
+            file = (self._remote.fetch(rec["file"]) if self._remote
+                    else mf.faiss_file(self.path, rec["file"], self.manifest_path))
             self._index = faiss_index.load_index(file, params=rec.get("params"))
             check_index(self._index, self._m, file)
         return self._index
@@ -621,7 +660,8 @@ class Collection:
 
     def _make_info(self) -> dict:
         rec = self._m.get("index") or {}
-        return {"collection": self.name, "path": str(self.path), "version": int(self._m.get("version", 0)),
+        return {"collection": self.name, "path": self._remote.uri if self._remote else str(self.path),
+                "version": int(self._m.get("version", 0)),
                 "table": {"uri": self._m["table"]["uri"], "name": self.table_name,
                           "version": self.table_version},
                 "index": {"key": rec.get("key"), "file": rec.get("file"), "exact": rec.get("exact"),

@@ -4,7 +4,9 @@ The kernel drops the lock when its holder exits, even on ``kill -9``, so a crash
 leaves the index locked. A second writer waits up to ``timeout`` seconds
 (``$MINDSEARCH_LOCK_TIMEOUT``, default 120) and then fails with a message naming the holder.
 Readers never lock: they read the committed manifest, which the writer replaces atomically.
-Object-store tables get the lock on the local index folder (manifests are always local).
+Object-store tables get the lock on the local index folder; an index wholly on object storage
+locks its local mirror folder, which orders only writers sharing that cache (indexes.remote: the
+conditional manifest put is what holds between machines).
 """
 
 from __future__ import annotations

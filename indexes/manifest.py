@@ -149,12 +149,18 @@ def validate(man: Any, path: Path) -> dict:
 def read(index_dir: str | Path) -> dict:
     """Read and validate ``index_dir/manifest.json`` (standard library only)."""
     path = Path(index_dir) / MANIFEST
-    man = validate(read_json(path, "index manifest (is this a mindsearch index?)"), path)
+    return check(read_json(path, "index manifest (is this a mindsearch index?)"), index_dir, path)
+
+
+def check(man: Any, index_dir: str | Path, label: str | Path) -> dict:
+    """Validate a parsed manifest whose files lie under ``index_dir`` (a local folder, or the local
+    mirror of an index on object storage); ``label`` names it in errors."""
+    man = validate(man, label)
     files = [man["index"].get("file"), man["index"].get("rows")] if man["index"] else []
     for rel in files + [r["file"] for r in man.get("retired", [])]:
         if rel is not None:
-            faiss_file(Path(index_dir), rel, path)  # refused now, before anything opens or deletes it
-    table_location(Path(index_dir), man["table"]["uri"], path)
+            faiss_file(Path(index_dir), rel, label)  # refused now, before anything opens or deletes it
+    table_location(Path(index_dir), man["table"]["uri"], label)
     return man
 
 

@@ -9,11 +9,17 @@ snapshot is never mutated after it is built, so a reader is safe to share betwee
 A writer keeps replaced FAISS/rows files for a grace period (see :mod:`indexes.collection`), and a
 reader that still loses the race (a file gone between reading the manifest and opening it) reloads
 the manifest and tries again.
+
+A root on object storage (``s3://...``, :mod:`indexes.remote`) is opened the same way: the stamp is
+the manifest's ETag, asked for at most every ``ttl`` seconds (a query does not wait on the store
+each time), and the FAISS/rows files are downloaded once into the local cache, keyed by the index
+URI and the file's versioned name.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ import numpy as np
 
 from mindsearch.indexes import manifest as mf
 from mindsearch.indexes.errors import InputError
+from mindsearch.indexes.remote import RemoteIndex, is_remote
 from mindsearch.indexes.search import RERANK_SHORTLIST, SearchResult, search
 
 
@@ -44,28 +51,50 @@ class Snapshot:
         return int(self.manifest["table"]["version"])
 
 
+#: How long a reader of a remote index trusts the manifest it loaded before asking the store again.
+REMOTE_TTL_S = 1.0
+
+
 class Reader:
     """Read-only, thread-safe access to ``ROOT/NAME`` (never locks, never writes)."""
 
-    def __init__(self, root: str | Path, name: str, *, storage_options: dict | None = None):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, name: str, *, storage_options: dict | None = None,
+                 ttl: float = REMOTE_TTL_S):
+        self.remote = RemoteIndex(str(root), name, storage_options) if is_remote(root) else None
+        self.root = self.remote.root if self.remote else Path(root)
         self.name = mf.check_name(name, self.root)
-        self.path = self.root / name
-        self.manifest_path = self.path / mf.MANIFEST
+        self.path = self.remote.local if self.remote else self.root / name
+        self.manifest_path = self.remote.manifest_uri if self.remote else self.path / mf.MANIFEST
         self._storage_options = storage_options
+        self._ttl = float(ttl)
+        self._known: tuple[float, tuple] | None = None  # (when, stamp) last asked of the store
         self._snap: Snapshot | None = None
         self._load_lock = threading.Lock()
         self.snapshot()
+
+    def _stamp(self) -> tuple:
+        """What identifies the committed version: the manifest file's identity, or its ETag (asked
+        for at most every ``ttl`` seconds; until then the loaded version counts as current)."""
+        if self.remote is None:
+            return mf.stamp(self.manifest_path)
+        known, now = self._known, time.monotonic()
+        if known is not None and now - known[0] < self._ttl:
+            return known[1]
+        etag = self.remote.etag()
+        if etag is None:
+            raise InputError("the index is gone (no manifest)", self.manifest_path)
+        self._known = (now, (etag,))
+        return (etag,)
 
     # ------------------------------------------------------------------ versions
     def snapshot(self) -> Snapshot:
         """The current committed version (reloaded when the manifest file changed)."""
         snap = self._snap
-        if snap is not None and snap.stamp == mf.stamp(self.manifest_path):
+        if snap is not None and snap.stamp == self._stamp():
             return snap
         with self._load_lock:  # one thread loads; the others wait and take its result
             snap = self._snap
-            if snap is not None and snap.stamp == mf.stamp(self.manifest_path):
+            if snap is not None and snap.stamp == self._stamp():
                 return snap
             for attempt in range(3):
                 try:
@@ -76,31 +105,45 @@ class Reader:
                         raise InputError("the index changed three times while opening it; try again",
                                          self.manifest_path) from None
             self._snap = snap
+            if self.remote is not None:
+                self._known = (time.monotonic(), snap.stamp)
             return snap
+
+    def _file(self, rel: str, stamp: tuple) -> Path:
+        """The local path of a FAISS/rows file the manifest names (downloaded first if remote)."""
+        if self.remote is not None:
+            try:
+                return self.remote.fetch(rel)
+            except FileNotFoundError:  # retired and deleted since the manifest was read
+                raise _Raced() from None
+        file = mf.faiss_file(self.path, rel, self.manifest_path)
+        if not file.is_file() and mf.stamp(self.manifest_path) != stamp:
+            raise _Raced()
+        return file
 
     def _load(self) -> Snapshot:
         from mindsearch.indexes import faiss_index
         from mindsearch.indexes.rows import FileRows
 
-        stamp = mf.stamp(self.manifest_path)
-        man = mf.read(self.path)
+        if self.remote is not None:
+            man, etag = self.remote.read_manifest()
+            stamp = (etag,)
+        else:
+            stamp = mf.stamp(self.manifest_path)
+            man = mf.read(self.path)
         rec = man["index"]
         index = rows = None
         if rec is not None:
-            file = mf.faiss_file(self.path, rec["file"], self.manifest_path)
-            if not file.is_file() and mf.stamp(self.manifest_path) != stamp:
-                raise _Raced()
+            file = self._file(rec["file"], stamp)
             index = faiss_index.load_index(file, params=rec.get("params"))
             check_index(index, man, file)
             rows_rel = rec.get("rows")
             if rows_rel:
-                rfile = mf.faiss_file(self.path, rows_rel, self.manifest_path)
-                if not rfile.is_file() and mf.stamp(self.manifest_path) != stamp:
-                    raise _Raced()
-                rows = FileRows(rfile, expect_rows=int(index.ntotal))
+                rows = FileRows(self._file(rows_rel, stamp), expect_rows=int(index.ntotal))
             else:
                 rows = _LazyLanceRows(self, man)
-        info = {"collection": self.name, "path": str(self.path), "version": int(man.get("version", 0)),
+        path = self.remote.uri if self.remote else str(self.path)
+        info = {"collection": self.name, "path": path, "version": int(man.get("version", 0)),
                 "table": {"uri": man["table"]["uri"], "name": man["table"]["name"],
                           "version": int(man["table"]["version"])},
                 "index": {"key": (rec or {}).get("key"), "file": (rec or {}).get("file"),
@@ -155,13 +198,18 @@ class Reader:
             return {}
         return snap.rows.columns(np.asarray(ids, np.int64).reshape(-1), names)
 
+    def table_location(self, man: dict) -> str:
+        """Where a manifest's LanceDB database lives (local folder or object-store URI)."""
+        if self.remote is not None:
+            return self.remote.table_location(man["table"]["uri"])
+        return mf.table_location(self.path, man["table"]["uri"], self.manifest_path)
+
     def table(self, snapshot: Snapshot | None = None):
         """The LanceDB table at the snapshot's version (imports LanceDB; not on the query path)."""
         from mindsearch.indexes import table as tbl
 
         snap = snapshot or self.snapshot()
-        db = tbl.connect(mf.table_location(self.path, snap.manifest["table"]["uri"], self.manifest_path),
-                         storage_options=self._storage_options)
+        db = tbl.connect(self.table_location(snap.manifest), storage_options=self._storage_options)
         return tbl.open_table(db, snap.manifest["table"]["name"], version=snap.table_version)
 
 
@@ -183,8 +231,7 @@ class _LazyLanceRows:
                     from mindsearch.indexes import table as tbl
                     from mindsearch.indexes.rows import LanceRows
 
-                    path = self._reader.path
-                    loc = mf.table_location(path, self._man["table"]["uri"], self._reader.manifest_path)
+                    loc = self._reader.table_location(self._man)
                     db = tbl.connect(loc, storage_options=self._reader._storage_options)
                     table = tbl.open_table(db, self._man["table"]["name"], version=int(self._man["table"]["version"]))
                     with tbl.reading(table):

@@ -4,7 +4,8 @@
 for notebooks. Collections (``indexes.collection.Collection``: a LanceDB table + a FAISS index +
 a manifest) live under a root directory: ``--root`` / ``Engine(root)``, else
 ``$MINDSEARCH_HOME/indexes``, else ``~/.mindsearch/indexes``. A root may also be an object-store
-URI for the tables (``table_uri``); manifests and FAISS files stay local.
+URI (``s3://bucket/prefix``): manifests, FAISS files and tables all live there, FAISS files are
+cached locally (``indexes.remote``); ``table_uri`` alone puts just a table elsewhere.
 
 Builds go through writers (``Collection``, one per index at a time, under a file lock); queries go
 through readers (``indexes.reader.Reader``) that the engine opens once per index and keeps: keep one
@@ -27,15 +28,17 @@ from typing import Iterable
 import numpy as np
 
 from mindsearch.errors import MindsearchError
+from mindsearch.indexes.remote import is_remote
 from mindsearch.indexes.search import RERANK_SHORTLIST
 from mindsearch.space import check_same_space, describe, pooled
 
 BRAIN_DIR = "_brain"
 
 
-def default_root(root: str | Path | None = None) -> Path:
+def default_root(root: str | Path | None = None) -> Path | str:
+    """The index root: a folder (``Path``), or an object-store URI kept as a string."""
     if root:
-        return Path(root)
+        return str(root).rstrip("/") if is_remote(root) else Path(root)
     home = os.environ.get("MINDSEARCH_HOME")
     return (Path(home) if home else Path.home() / ".mindsearch") / "indexes"
 
@@ -91,6 +94,12 @@ class Engine:
 
         base = root or self.root
         check_name(name, base)
+        if is_remote(base):
+            from mindsearch.indexes.remote import RemoteIndex
+
+            if RemoteIndex(base, name).etag() is None:
+                raise MindsearchError(f"no index named {name!r} (here: {', '.join(self.list()) or 'none'})", base)
+            return f"{base}/{name}"
         if not (base / name / MANIFEST).is_file():
             have = ", ".join(self.list() if root is None else self.stores()) or "none"
             what = "index" if root is None else "brain store"
@@ -108,7 +117,7 @@ class Engine:
         """The cached, thread-safe reader of an index (or brain store)."""
         from mindsearch.indexes.reader import Reader
 
-        root = self.root / BRAIN_DIR if brain else self.root
+        root = self._brain_root() if brain else self.root
         key = f"{'brain:' if brain else ''}{name}"
         r = self._readers.get(key)
         if r is None:
@@ -118,7 +127,7 @@ class Engine:
                 if r is None:
                     r = Reader(root, name)
                     self._readers[key] = r
-        elif not r.manifest_path.is_file():  # removed since: say so, like a fresh open
+        elif r.remote is None and not r.manifest_path.is_file():  # removed since: say so, like a fresh open
             with self._readers_lock:
                 self._readers.pop(key, None)
             self._check(name, root if brain else None)
@@ -128,8 +137,8 @@ class Engine:
         return _names(self.root)
 
     def stores(self) -> list[str]:
-        """Brain stores under ``ROOT/_brain``."""
-        return _names(self.root / BRAIN_DIR)
+        """Brain stores under ``ROOT/_brain`` (a local root only)."""
+        return [] if is_remote(self.root) else _names(self.root / BRAIN_DIR)
 
     def remove(self, name: str, *, brain: bool = False) -> Path:
         """Delete an index (or brain store) folder, holding its writer lock while doing so."""
@@ -137,7 +146,14 @@ class Engine:
 
         from mindsearch.indexes.lock import WriterLock
 
-        root = self.root / BRAIN_DIR if brain else self.root
+        if is_remote(self.root) and not brain:
+            from mindsearch.indexes.remote import RemoteIndex
+
+            self._check(name)
+            RemoteIndex(self.root, name).remove()
+            self._readers.pop(name, None)
+            return f"{self.root}/{name}"
+        root = self._brain_root() if brain else self.root
         path = self._check(name, root if brain else None)
         with WriterLock(path):
             tmp = path.with_name(f".{name}.removing.tmp")
@@ -369,7 +385,7 @@ class Engine:
         n = len(dis)
         shape = [int(s) for s in dis.shape[1:]]
         size = int(np.prod(shape))
-        bdir = self.root / BRAIN_DIR
+        bdir = self._brain_root()
         self._migrate_store(name)
         extra = {"subject": "int32", "session": "int32", "trial": "int64", "image_id": "int64",
                  "run_id": "string", "aligned": _vector_type(size)}
@@ -411,6 +427,11 @@ class Engine:
             return {"store": name, "added": n, "replaced": before + n - coll.count,
                     "count": coll.count, "table_version": coll.table_version, "source": source}
 
+    def _brain_root(self) -> Path:
+        if is_remote(self.root):
+            raise MindsearchError("brain stores live under a local index root, not on object storage", self.root)
+        return self.root / BRAIN_DIR
+
     def _migrate_store(self, name: str) -> None:
         """Turn a brain store of the old layout (a bare ``_brain/NAME.lance`` table and
         ``NAME.space.json``) into a collection, once; the old files are left in place."""
@@ -418,7 +439,7 @@ class Engine:
         from mindsearch.indexes.io import read_json
         from mindsearch.indexes.manifest import check_name
 
-        bdir = self.root / BRAIN_DIR
+        bdir = self._brain_root()
         check_name(name, bdir)
         if not (bdir / f"{name}.lance").is_dir() or (bdir / name / "manifest.json").is_file():
             return
@@ -526,9 +547,13 @@ def _compatible(query_space: dict, index_space: dict) -> bool:
     return False
 
 
-def _names(root: Path) -> list[str]:
+def _names(root: Path | str) -> list[str]:
     from mindsearch.indexes.manifest import MANIFEST
 
+    if is_remote(root):
+        from mindsearch.indexes.remote import list_names
+
+        return list_names(str(root))
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())

@@ -1,7 +1,9 @@
 """Index tables on object storage: the whole life cycle against a real S3-compatible server
 (moto's server mode on 127.0.0.1, started here). LanceDB's commit protocol (conditional puts:
 ``If-None-Match: *`` on the next version's manifest) is the concurrency story on S3; this file
-checks that the server honours it and that mindsearch's builds, resumes and pinned reads hold."""
+checks that the server honours it (and ``If-Match``, which the manifest of an index wholly on the
+store relies on: tests/test_remote_index.py) and that mindsearch's builds, resumes and pinned
+reads hold."""
 
 from __future__ import annotations
 
@@ -42,6 +44,12 @@ def test_server_honours_conditional_puts(s3):
     c.put_object(Bucket=s3["bucket"], Key="probe", Body=b"1", IfNoneMatch="*")
     with pytest.raises(ClientError, match="PreconditionFailed"):
         c.put_object(Bucket=s3["bucket"], Key="probe", Body=b"2", IfNoneMatch="*")
+    # If-Match (AWS S3 since Nov 2024): a remote index's manifest is replaced only if unchanged
+    etag = c.head_object(Bucket=s3["bucket"], Key="probe")["ETag"]
+    c.put_object(Bucket=s3["bucket"], Key="probe", Body=b"3", IfMatch=etag)
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        c.put_object(Bucket=s3["bucket"], Key="probe", Body=b"4", IfMatch=etag)
+    assert c.get_object(Bucket=s3["bucket"], Key="probe")["Body"].read() == b"3"
 
 
 def test_index_life_cycle_on_s3(s3, tmp_path):

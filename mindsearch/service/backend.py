@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mindsearch.errors import InputError, MindsearchError
+from mindsearch.indexes.remote import is_remote
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_ROWS = 1024  # query rows per request
@@ -170,8 +171,9 @@ class Backend:
         out = []
         for name in self.engine.list():
             try:
-                m = json.loads((self.root / name / "manifest.json").read_text())
-            except (OSError, ValueError):
+                m = (self.engine.reader(name).manifest if is_remote(self.root)
+                     else json.loads((self.root / name / "manifest.json").read_text()))
+            except (OSError, ValueError, InputError):
                 continue
             out.append({"name": name, "count": m.get("count"), "dim": m.get("dim"),
                         "tokens_shape": m.get("tokens_shape"), "space": m.get("space"),
@@ -358,6 +360,8 @@ class Backend:
 
     def _version(self, index: str):
         try:
+            if is_remote(self.root):  # the manifest's ETag, re-checked at most every reader ttl
+                return self.engine.reader(index).snapshot().stamp
             return (self.root / index / "manifest.json").stat().st_mtime_ns
         except OSError:
             return None
