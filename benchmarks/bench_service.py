@@ -60,7 +60,7 @@ def make_run(path: Path, n_voxels: int, dim: int, seed: int):
     rs = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rs.standard_normal((n_voxels, dim)).astype(np.float32))  # (V, D), orthonormal columns
     coef = np.ascontiguousarray(basis.T)  # (D, V): voxels @ coef.T = queries when voxels = queries @ coef
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / "model.safetensors", {"coef": coef, "intercept": np.zeros(dim, np.float32)})
     ones = np.ones((1, n_voxels), np.float32)
     save_tensors(path / "zscore.safetensors", {"mean": 0 * ones, "std": ones, "sessions": np.array([1]),
@@ -183,13 +183,19 @@ def bench_size(n: int, kind: str, params: dict, args, synth: Synth, tmp: Path) -
     from mindsearch.engine import Engine
     from mindsearch.runs import open_run
 
-    print(f"[{n}] generating {n} x {args.dim} vectors, building {kind} ...", flush=True)
-    x = synth.images(n, seed=1000 + n)
     queries = synth.brain_queries(synth.images(300, seed=2000 + n), seed=3)
     root = tmp / f"idx{n}"
     name = f"synthetic-{n}"
-    build_s = make_index(root, name, x, kind, params)
-    del x
+    built = root / name / "build_seconds.txt"
+    if built.is_file():  # --work: an index a previous run built (same seed and sizes)
+        build_s = float(built.read_text())
+        print(f"[{n}] reusing the {kind} index in {root} (built in {build_s:.0f} s)", flush=True)
+    else:
+        print(f"[{n}] generating {n} x {args.dim} vectors, building {kind} ...", flush=True)
+        x = synth.images(n, seed=1000 + n)
+        build_s = make_index(root, name, x, kind, params)
+        built.write_text(f"{build_s:.3f}")
+        del x
     run_path, to_voxels = make_run(tmp / f"run{n}", args.voxels, args.dim, seed=n)
     voxels = to_voxels(queries)
     engine = Engine(root)
@@ -231,7 +237,7 @@ def bench_size(n: int, kind: str, params: dict, args, synth: Synth, tmp: Path) -
 
     # HTTP and the cold CLI against a real `mindsearch serve`.
     home = tmp / f"home{n}"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     np.save(tmp / "q1.npy", voxels[:1])
     port = free_port()
     log = open(tmp / f"serve{n}.log", "w")
@@ -299,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 20,000 exact, 100,000 HNSW, 4,000 voxels")
     ap.add_argument("--out", type=Path, default=None, help="write results as JSON")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep indexes here and reuse them on the next run (the 1M HNSW build takes ~25 min)")
     args = ap.parse_args(argv)
     if args.quick:
         args.exact_n, args.hnsw_n, args.voxels, args.budget, args.cli_reps = 20_000, 100_000, 4000, 3.0, 2
@@ -306,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench_service_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_service_") as scratch:
+        tmp = args.work or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         profile = import_profile(tmp)
         for n, kind, params in ((args.exact_n, "flat", {}), (args.hnsw_n, "HNSW32", {"efSearch": args.ef_search})):
             if n:
