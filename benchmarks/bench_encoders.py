@@ -12,8 +12,8 @@ and peak memory are its own):
 - ``fewshot``: pretrain on the other subjects, fine-tune the target subject on session 1, against
   training it from scratch on the same session.
 - ``regimes`` (issue 8): 1, 2, 3, 5 sessions and all; per regime ridge, the default encoder
-  (``--regime-preset``, ``cpu``: ridge start) from scratch, and pretrained on the other subjects +
-  fine-tuned; every run also scored with CSLS hubness correction; ``--regime-steps`` caps the
+  (``--regime-preset``, ``cpu``: ridge as the validated fallback) from scratch, and pretrained on
+  the other subjects + fine-tuned; every run also scored with CSLS hubness correction; ``--regime-steps`` caps the
   encoders' optimiser steps (default: the preset's data-aware schedule, within its time budget);
   ``--regime-pretrain`` names the pretraining subjects (default: all the others; '' = none).
 - ``semireal``: real MiniLM sentence embeddings of the 1,000 shared images' COCO captions
