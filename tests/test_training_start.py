@@ -3,6 +3,7 @@ retrieves exactly as ridge does), the chosen step, and a training that survives 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -165,6 +166,66 @@ def test_a_kept_ridge_start_is_the_ridge_baseline(tmp_path, ridge_preset):
     targets, vox, ids = _world()
     s = train_arrays(vox, ids, targets, _cfg(ridge_preset, lr=1e-9, ridge_alpha=30.0), tmp_path / "run",
                      progress=False)
+    assert s["chosen_step"] == 0 and s["ridge_refit_on_all_images"]
+    x, uniq = average_by_image(vox[1], ids[1])
+    coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)
+    ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
+    np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept, rtol=1e-3, atol=1e-3)
+
+
+def test_mean_shift_is_chosen_on_validation_and_applied(tmp_path, ridge_preset):
+    """A strongly regularised ridge read-out is shrunk towards the mean target; the calibration
+    picks on validation how much of that mean to subtract (0 competes and wins ties) and folds
+    it into the output bias: the run is ridge minus share x the training images' mean target."""
+    from mindsearch.runs import open_run
+    from mindsearch.training.ridge import average_by_image, fit_ridge
+
+    targets, vox, ids = _world(noise=2.0)
+    targets = targets + 1.5  # a shared component, as real embedding spaces have
+    s = train_arrays(vox, ids, targets, _cfg(ridge_preset, lr=1e-9, ridge_alpha=3000.0, mean_shift=True),
+                     tmp_path / "run", progress=False)
+    scores, share = s["mean_shift"]["val_mrr"], s["mean_shift"]["share"]
+    assert share > 0 and scores[f"{share:.3f}"] == max(scores.values()) > scores["0.000"]
+    x, uniq = average_by_image(vox[1], ids[1])
+    y = targets[uniq].reshape(len(uniq), -1)
+    coef, intercept = fit_ridge(x, y, 3000.0)
+    ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
+    np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept - share * y.mean(0),
+                               rtol=1e-3, atol=1e-3)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mean_shift_share"] == share
+
+
+def test_time_budget_caps_the_data_aware_schedule(tmp_path, ridge_preset, capsys):
+    """With no steps or epochs the schedule is data-aware; a time budget cuts it to what fits
+    (at least one epoch), says so before training, and an interrupted run resumes with the
+    count it began with."""
+    from mindsearch.training.trainer import auto_steps
+
+    targets, vox, ids = _world()
+    cfg = _cfg(ridge_preset, steps=None, epochs=None, time_budget_s=1e-3, max_steps=2, ckpt_every_steps=1)
+    first = train_arrays(vox, ids, targets, cfg, tmp_path / "run", progress=True)
+    per_epoch = first["steps_per_epoch"]
+    assert first["interrupted"] and first["total_steps"] == per_epoch
+    assert first["steps_capped_from"] == auto_steps(per_epoch * 16, 16) > per_epoch
+    assert "capped by the 1.66667e-05-min time budget" in capsys.readouterr().err
+    # A generous budget on resume would allow more steps: the recorded count wins.
+    done = train_arrays(vox, ids, targets, dataclasses.replace(cfg, time_budget_s=1e6, max_steps=None),
+                        tmp_path / "run", resume=True, progress=False)
+    assert not done["interrupted"] and done["total_steps"] == per_epoch == done["global_step"]
+
+
+def test_ridge_fallback_trains_from_random_weights_and_keeps_ridge_when_it_wins(tmp_path, ridge_preset):
+    """``init="ridge_fallback"``: ridge is measured as step 0, training starts from the random
+    weights (here it cannot learn: lr ~ 0, so its steps score near chance), and the kept run is
+    the ridge baseline refitted on every training image."""
+    from mindsearch.runs import open_run
+    from mindsearch.training.ridge import average_by_image, fit_ridge
+
+    targets, vox, ids = _world()
+    s = train_arrays(vox, ids, targets, _cfg(ridge_preset, lr=1e-9, ridge_alpha=30.0, init="ridge_fallback"),
+                     tmp_path / "run", progress=False)
+    (_, at_start), *trained = s["val_curve"]
+    assert at_start > 0.5 and max(v for _, v in trained) < 0.3  # 15 validation images: chance 1/15
     assert s["chosen_step"] == 0 and s["ridge_refit_on_all_images"]
     x, uniq = average_by_image(vox[1], ids[1])
     coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)

@@ -27,6 +27,17 @@ def has_checkpoint(out_dir: Path) -> bool:
     return any((Path(out_dir) / d / "state.json").is_file() for d in (CKPT_DIR, PREV_DIR))
 
 
+def saved_position(out_dir: Path) -> dict | None:
+    """The loop position of the checkpoint ``load`` would read first (no tensors), or None."""
+    for d in (CKPT_DIR, PREV_DIR):
+        path = Path(out_dir) / d / "state.json"
+        try:
+            return json.loads(path.read_text()).get("position")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def save(out_dir: Path, model, optimizer, scheduler, state: dict, extra: dict | None = None) -> None:
     """Write ``OUT/checkpoint`` atomically; the previous one becomes ``OUT/checkpoint.prev``.
     ``extra``: more named tensors (the best validated weights), given back by ``load``."""

@@ -45,7 +45,8 @@ from mindsearch.training import checkpoints
 from mindsearch.training.checkpoints import CKPT_DIR
 
 LOSSES = ("bimixco_softclip", "clip", "bimixco", "softclip")
-INITS = ("random", "ridge")
+INITS = ("random", "ridge", "ridge_fallback")
+RIDGE_INITS = ("ridge", "ridge_fallback")
 
 
 @dataclass
@@ -70,7 +71,9 @@ class TrainConfig:
     use_projector: bool = True
     use_lowlevel: bool = False
     lowlevel_weight: float = 0.5  # MindEye2's weight on (L1/0.18215 + 0.1 * L_cont)
-    init: str = "random"  # "ridge": start as the closed-form ridge solution (needs the mindeye2 block)
+    init: str = "random"  # "ridge": start as the closed-form ridge solution (needs the mindeye2 block);
+    # "ridge_fallback": start from random weights, the ridge solution competing as step 0 (kept when no
+    # trained step beats it on validation); fine-tuning a trained model behaves as "ridge"
     ridge_alpha: float | None = None  # ridge start: None = chosen on held-out training images
     linear_lr_scale: float = 0.1  # ridge start: the linear path (adapters, output linear) trains at lr x this
     accumulate: int = 1
@@ -82,6 +85,8 @@ class TrainConfig:
     select: str = "best"  # "best": keep the validated step with the best top-1 (step 0 included); "last"
     patience: int = 0  # stop after this many validations without improvement (0 = never)
     select_margin: float = 2.0  # ridge start: a trained step must beat step 0 by this many standard errors
+    time_budget_s: float | None = None  # data-aware schedules: at most the steps that fit this many seconds here
+    mean_shift: bool = False  # after selection, subtract a validated share of the mean target (calibrate_mean_shift)
     ckpt_every_steps: int = 0  # 0 = only at epoch ends
     max_steps: int | None = None  # stop (resumably) after this many optimiser steps
     adapter_only: bool = False  # train only the adapters of the subjects being trained
@@ -255,9 +260,9 @@ class StepSelection:
         self.curve.append([step, score])
         if step == 0 and not self.start_is_candidate:
             return  # random weights are measured (the curve's origin), never kept
-        n = sum(r["n"] for k, r in res.items() if k != "mean_brain_to_image_top1")
+        n = sum(r["n"] for r in res.values() if isinstance(r, dict))
         margin = 0.0
-        if self.step == 0 and self.cfg.init == "ridge" and n:
+        if self.step == 0 and self.cfg.init in RIDGE_INITS and n:
             margin = self.cfg.select_margin * math.sqrt(max(self.score * (1 - self.score), 1 / n) / n)
         if score > self.score + margin:
             self.step, self.score = step, score
@@ -348,12 +353,73 @@ def validate(model, val: dict, lookup, device, size: int = 300, batch: int = 256
             inv = np.searchsorted(keep, ids[rows])
             mean = np.zeros((len(keep), out.shape[1]), np.float64)
             np.add.at(mean, inv, out)
-            fwd, bwd = top1_full_pool(mean / np.bincount(inv)[:, None], lookup(keep))
-            res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd, "n": int(len(keep))}
+            brain, images = mean / np.bincount(inv)[:, None], lookup(keep).reshape(len(keep), -1)
+            fwd, bwd = top1_full_pool(brain, images)
+            res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd,
+                           "brain_to_image_mrr": _reciprocal_rank(brain, images), "n": int(len(keep))}
     model.train(was_training)
     if res:
-        res["mean_brain_to_image_top1"] = float(np.mean([r["brain_to_image_top1"] for r in res.values()]))
+        for key in ("brain_to_image_top1", "brain_to_image_mrr"):
+            res[f"mean_{key}"] = float(np.mean([r[key] for r in res.values() if isinstance(r, dict)]))
     return res
+
+
+def _reciprocal_rank(brain: np.ndarray, images: np.ndarray) -> float:
+    """Mean 1 / rank of each row's own image among all (ties rank behind): a smooth top-1."""
+    from mindsearch.retrieval import normalise
+
+    sim = normalise(brain) @ normalise(images).T
+    rank = (sim >= np.diag(sim)[:, None]).sum(axis=1)
+    return float(np.mean(1.0 / rank))
+
+
+MEAN_SHIFTS = (0.0, 1 / 3, 0.5, 2 / 3, 0.8, 0.9)
+
+
+def mean_target(lookup, image_ids: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The mean target over ``image_ids``, flattened, read in chunks (NSD-size grids are GBs)."""
+    total, n = None, 0
+    for i in range(0, len(image_ids), chunk):
+        t = lookup(image_ids[i : i + chunk]).reshape(min(chunk, len(image_ids) - i), -1).astype(np.float64)
+        total = t.sum(0) if total is None else total + t.sum(0)
+        n += len(t)
+    return (total / max(n, 1)).astype(np.float32)
+
+
+def shift_output(model, delta: np.ndarray) -> None:
+    """Add ``delta`` (T*D,) to the retrieval embedding through the output linear's bias: exact
+    for a model without projector, and the projector's input for a residual one."""
+    import torch
+
+    bias = model.backbone.to_tokens.bias
+    with torch.no_grad():
+        bias.add_(torch.as_tensor(delta.reshape(-1), dtype=bias.dtype, device=bias.device))
+
+
+def calibrate_mean_shift(model, val: dict, lookup, y_mean: np.ndarray, device, size: int = 300,
+                         shares=MEAN_SHIFTS) -> dict:
+    """Choose on validation the share ``lam`` of the mean target to subtract from the outputs.
+
+    A regression read-out (ridge, the ridge start) is shrunk towards the mean target, and under
+    cosine retrieval that shared component makes every prediction look alike (hubness);
+    the choice is by mean reciprocal rank (smoother than top-1 on a few dozen images);
+    ``y_mean + c (pred - y_mean)`` with c > 1 undoes the shrinkage, and up to scale it is
+    ``pred - (1 - 1/c) y_mean``. Measured on ``standard`` with ridge: +1.5 to +2.3 points
+    brain->image from 1 to 16 sessions. ``lam = 0`` (no change) is a candidate and wins ties,
+    so validation never gets worse; the model is left unchanged (``shift_output`` applies it)."""
+    if model.projector is not None and not model.projector.residual:
+        return {"share": 0.0, "val_top1": {}, "reason": "a non-residual projector hides the output bias"}
+    scores = {}
+    for lam in shares:
+        shift_output(model, -lam * y_mean)
+        res = validate(model, val, lookup, device, size)
+        shift_output(model, lam * y_mean)
+        if not res:
+            return {"share": 0.0, "val_top1": {}}
+        scores[float(lam)] = (res["mean_brain_to_image_mrr"], res["mean_brain_to_image_top1"])
+    best = max(scores, key=lambda lam: (scores[lam][0], -lam))
+    return {"share": best, "val_mrr": {f"{lam:.3f}": v[0] for lam, v in scores.items()},
+            "val_top1": {f"{lam:.3f}": v[1] for lam, v in scores.items()}}
 
 
 def _epoch_line(record: dict) -> str:
@@ -458,7 +524,10 @@ def train_arrays(
     fresh = model is None
     model = build_model(cfg, n_voxels, tokens, dim, sample_targets, model, model_overrides)
     ridge_info = None
-    if cfg.init == "ridge" and new:
+    start_weights = None
+    if cfg.init in RIDGE_INITS and new:
+        if cfg.init == "ridge_fallback" and fresh:
+            start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ridge_info = ridge_start(model, vox, ids, lookup, cfg, say, subjects=None if fresh else new)
 
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -483,26 +552,6 @@ def train_arrays(
     steps_per_epoch = min(len(ids[s]) // (per_subject_bs * cfg.accumulate) for s in subjects)
     if steps_per_epoch < 1:
         raise MindsearchError(f"too few trials for one step of batch {cfg.batch_size} x {cfg.accumulate}")
-    if cfg.steps is not None:
-        total_steps = cfg.steps
-    elif cfg.epochs is not None:
-        total_steps = steps_per_epoch * cfg.epochs
-    else:
-        total_steps = auto_steps(steps_per_epoch * per_subject_bs * cfg.accumulate, per_subject_bs * cfg.accumulate)
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
-    effective_batch = per_subject_bs * len(subjects) * cfg.accumulate
-    if progress and accelerator.is_main_process:
-        # what ran where: a multi-process launch splits each global batch, it does not multiply it
-        tqdm.write(f"device {device}, {world} process(es), {local_bs * len(subjects)} samples per process "
-                   f"per micro-step, effective batch {effective_batch}", file=sys.stderr)
-
-    # With a ridge start the residual branches learn the correction; the linear path moves slowly.
-    scales = {"adapters.": cfg.linear_lr_scale, "backbone.to_tokens.": cfg.linear_lr_scale} \
-        if cfg.init == "ridge" else None
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, decay_norms=cfg.decay_norms, lr_scales=scales)
-    scheduler = make_scheduler(optimizer, cfg.lr, total_steps, n_epochs)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
 
     @functools.lru_cache(maxsize=2 * len(subjects))
     def order(epoch: int, s: int) -> np.ndarray:
@@ -524,10 +573,44 @@ def train_arrays(
                    None if feats is None else torch.from_numpy(np.asarray(feats, np.float32)).to(device))
         return xs, torch.from_numpy(lookup(batch_ids)).to(device), low, len(batch_ids)
 
+    if cfg.steps is not None:
+        total_steps = cfg.steps
+    elif cfg.epochs is not None:
+        total_steps = steps_per_epoch * cfg.epochs
+    else:
+        total_steps = auto_steps(steps_per_epoch * per_subject_bs * cfg.accumulate, per_subject_bs * cfg.accumulate)
+    model.to(device)
+    per_step, capped_from = None, None
+    if cfg.steps is None and cfg.epochs is None and cfg.time_budget_s:
+        saved = checkpoints.saved_position(out_dir) if resume else None
+        if saved and saved.get("total_steps"):
+            total_steps = int(saved["total_steps"])  # the budget was fitted once, when the run began
+        else:
+            # The data-aware count, capped by the time budget on this machine (measured, so a
+            # loaded machine trains fewer steps; the count is recorded and resuming keeps it).
+            per_step = _seconds_per_step(model, get_batch, subjects, cfg)
+            fit = max(int(cfg.time_budget_s / per_step), min(total_steps, steps_per_epoch))
+            if fit < total_steps:
+                capped_from, total_steps = total_steps, fit
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    effective_batch = per_subject_bs * len(subjects) * cfg.accumulate
+    if progress and accelerator.is_main_process:
+        # what ran where: a multi-process launch splits each global batch, it does not multiply it
+        tqdm.write(f"device {device}, {world} process(es), {local_bs * len(subjects)} samples per process "
+                   f"per micro-step, effective batch {effective_batch}", file=sys.stderr)
+
+    # With a ridge start the residual branches learn the correction; the linear path moves slowly.
+    scales = {"adapters.": cfg.linear_lr_scale, "backbone.to_tokens.": cfg.linear_lr_scale} \
+        if cfg.init == "ridge" or (cfg.init == "ridge_fallback" and not fresh) else None
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, decay_norms=cfg.decay_norms, lr_scales=scales)
+    scheduler = make_scheduler(optimizer, cfg.lr, total_steps, n_epochs)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+
     # --- 3. state: fresh, or restored from the last readable checkpoint
     global_step, history, epoch_losses = 0, [], []
     # Step 0 is a candidate when it is a real model: a ridge start or a run being fine-tuned.
-    best = StepSelection(cfg, start_is_candidate=cfg.init == "ridge" or not fresh)
+    best = StepSelection(cfg, start_is_candidate=cfg.init in RIDGE_INITS or not fresh)
     if resume and checkpoints.has_checkpoint(out_dir):
         state, extra = checkpoints.load(out_dir, raw, optimizer, scheduler, warn=say)
         pos = state["position"]
@@ -547,17 +630,22 @@ def train_arrays(
     def save_checkpoint():
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            position = {"global_step": global_step, "history": history, "epoch_losses": list(epoch_losses),
-                        **best.state()}
+            position = {"global_step": global_step, "total_steps": total_steps, "history": history,
+                        "epoch_losses": list(epoch_losses), **best.state()}
             checkpoints.save(out_dir, raw, optimizer, scheduler, {"position": position, "config": cfg.to_dict()},
                              extra=best.weights)
 
     if global_step == 0 and val_sets:
         res0 = evaluate_and_select(0)  # where training starts; a ridge start must be beaten to be left
         if res0:
-            say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}")
+            say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}"
+                + (" (the ridge solution, kept unless training beats it)" if start_weights else ""))
+    if global_step == 0 and start_weights is not None:
+        # ridge_fallback: ridge was measured (and kept as the step-0 candidate); train from random weights.
+        raw.load_state_dict(start_weights)
     if global_step == 0 and progress:
-        say(_expected_time(model, get_batch, subjects, cfg, total_steps, steps_per_epoch))
+        per_step = per_step or _seconds_per_step(model, get_batch, subjects, cfg)
+        say(_expected_time(per_step, cfg, total_steps, steps_per_epoch, capped_from))
 
     # --- 4. the loop: one optimiser step per iteration; epoch and position derive from global_step
     # Off a terminal (logs, CI) a redrawn bar is noise: refresh rarely, and print a line per epoch.
@@ -633,6 +721,7 @@ def train_arrays(
         "steps_per_epoch": steps_per_epoch,
         "global_step": global_step,
         "total_steps": total_steps,
+        "steps_capped_from": capped_from,  # the data-aware count before the time budget, if it cut it
         "chosen_step": chosen,
         "chosen_val_top1": best.score if best.step is not None else None,
         "stopped_early": stopped_early,
@@ -653,11 +742,22 @@ def train_arrays(
     }
     if interrupted:
         return summary
+    shift = None
+    if cfg.mean_shift and val_sets:
+        y_mean = mean_target(lookup, np.unique(np.concatenate([every_ids[s] for s in subjects])))
+        shift = calibrate_mean_shift(raw, val_sets, lookup, y_mean, device, cfg.val_size)
+        summary["mean_shift"] = shift
     if chosen == 0 and ridge_info and fresh and len(val_images):
         # Training did not beat the ridge start: keep ridge, refitted on every training image
         # (validation included), which is what the ridge baseline fits.
         summary["ridge_start"] = ridge_start(raw, every_vox, every_ids, lookup, cfg, say)
         summary["ridge_refit_on_all_images"] = True
+    if shift and shift["share"]:
+        shift_output(raw, -shift["share"] * y_mean)
+        key = f"{shift['share']:.3f}"
+        say(f"output calibration: minus {shift['share']:.2f} x the mean target (validation reciprocal rank "
+            f"{shift['val_mrr']['0.000']:.3f} -> {shift['val_mrr'][key]:.3f}, top-1 "
+            f"{shift['val_top1']['0.000']:.1%} -> {shift['val_top1'][key]:.1%})")
     if chosen != global_step:
         say(f"keeping step {chosen} of {global_step} (best validation top-1 {best.score:.1%})")
 
@@ -675,7 +775,8 @@ def train_arrays(
             "seed": cfg.seed,
             "data": info.get("data"),
             "train": {**cfg.to_dict(), "chosen_step": chosen, "total_steps": total_steps,
-                      "validation_images": int(len(val_images))},
+                      "validation_images": int(len(val_images)),
+                      "mean_shift_share": shift["share"] if shift else 0.0},
             **{k: info[k] for k in ("from_run", "lowlevel_vae") if k in info},
         }
         save_pretrained(raw, out_dir, extra_config=record, zscore=zscore, log=summary,
@@ -685,21 +786,35 @@ def train_arrays(
     return summary
 
 
-def _expected_time(model, get_batch, subjects, cfg, total_steps: int, steps_per_epoch: int) -> str:
-    """Time one forward + backward pass (RNG state untouched, gradients discarded) and scale it."""
+def _seconds_per_step(model, get_batch, subjects, cfg, repeats: int = 3) -> float:
+    """Time forward + backward passes on the first batch (RNG state untouched, gradients
+    discarded): the median after a warm-up, plus a quarter for the optimiser step."""
     import torch
 
+    times = []
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        t0 = time.perf_counter()
         xs, targets, low, _ = get_batch(0, 0)
         phase, temp = _phase(cfg, 0, 1)
-        loss, _ = _step_loss(model, xs, subjects, targets, phase, temp, cfg, low)
-        loss.backward()
-        per_step = (time.perf_counter() - t0) * cfg.accumulate
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            loss, _ = _step_loss(model, xs, subjects, targets, phase, temp, cfg, low)
+            loss.backward()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
     for p in model.parameters():
         p.grad = None
+    return float(np.median(times[1:])) * 1.25 * cfg.accumulate
+
+
+def _expected_time(per_step: float, cfg, total_steps: int, steps_per_epoch: int, capped_from=None) -> str:
     minutes = per_step * total_steps / 60
-    return (f"training {total_steps} steps ({steps_per_epoch} per epoch, batch {cfg.batch_size}): "
+    why = ""
+    if capped_from:
+        why = f", the data-aware {capped_from} capped by the {cfg.time_budget_s / 60:g}-min time budget"
+    elif cfg.steps is None and cfg.epochs is None:
+        why = ", the data-aware default"
+    return (f"training {total_steps} steps{why} ({steps_per_epoch} per epoch, batch {cfg.batch_size}): "
             f"expected about {minutes:.1f} min here ({per_step:.2f} s per step)")
 
 
