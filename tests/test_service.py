@@ -77,9 +77,12 @@ def test_service_and_cli_return_identical_hits(world, home, server, trials):
     same_hits(answer["hits"], cli_blocks)
     # ... and the dataset's own trials, which also say which image was seen.
     trial_numbers = [int(line.split(",")[2]) for line in (home / "trials.trials.csv").read_text().split()[1:]]
-    status, _, answer = post_json(server, "/v1/query", {"trial": trial_numbers, "k": 8})
+    status, headers, answer = post_json(server, "/v1/query", {"trial": trial_numbers, "k": 8})
     assert status == 200, answer
     same_hits(answer["hits"], cli_blocks)
+    # the engine's own time, so a client can tell it from the transport
+    timing = {k.lower(): v for k, v in headers.items()}["server-timing"]
+    assert timing.startswith("engine;dur=") and float(timing.split("=")[1]) > 0
     assert answer["truth"] == [int(line.split(",")[3]) for line in (home / "trials.trials.csv").read_text().split()[1:]]
     # The CLI with no flags goes through the running service (recorded in config.toml) and agrees.
     mindsearch(home, "use", "--root", world["indexes"], "--index", INDEX, "--run", world["run"])
