@@ -24,6 +24,7 @@ and trains ``mindsearch train --vae`` there; existing datasets and runs in --wor
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -139,6 +140,13 @@ def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit:
                        "mean image": np.broadcast_to(mean, truth.shape).copy(), "ceiling": ceiling}}
 
 
+def _shown(path) -> str:
+    """A path as the report stores it, without the machine's layout: relative to the checkout when it
+    lies in or beside it (``../shared/...``), else its name alone (a --work folder)."""
+    rel = os.path.relpath(Path(path).resolve(), ROOT)
+    return Path(path).name if rel.startswith(os.path.join("..", "..")) else rel
+
+
 def ci95(x: np.ndarray) -> float:
     return float(1.96 * np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
@@ -217,10 +225,10 @@ def main(argv=None) -> int:
     images = stage_images(data, run, args.vae, args.subject, args.limit, args.lowlevel, blur=args.blur)
     alexnet = args.alexnet if args.alexnet and args.alexnet.is_file() else None
     results = score(images, alexnet)
-    meta = {"data": str(data), "run": str(run), "subject": args.subject, "n_test": int(len(images["ids"])),
+    meta = {"data": _shown(data), "run": _shown(run), "subject": args.subject, "n_test": int(len(images["ids"])),
             "retrieval_top1": images["retrieval_top1"], "n_candidates": images["n_candidates"],
-            "n_train_images": images["n_train_images"], "vae": str(args.vae), "preset": args.preset, "lowlevel": args.lowlevel, "blur": args.blur,
-            "alexnet": str(alexnet) if alexnet else None, "train_seconds": round(train_s, 1),
+            "n_train_images": images["n_train_images"], "vae": _shown(args.vae), "preset": args.preset, "lowlevel": args.lowlevel, "blur": args.blur,
+            "alexnet": _shown(alexnet) if alexnet else None, "train_seconds": round(train_s, 1),
             "total_seconds": round(time.time() - t0, 1)}
     print_table(results, meta)
     from mindsearch.io import write_json
