@@ -96,13 +96,15 @@ def ridge_blurry(ds, subject: int, vae, size: int, test_voxels: np.ndarray, blur
 
 
 def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit: int | None,
-                 lowlevel: str = "head", size: int | None = None, blur: float = 0.025) -> dict:
+                 lowlevel: str = "head", size: int | None = None, blur: float | None = None) -> dict:
     """The seen test images and each stage's reconstruction of them, float32 (n, 3, H, W)."""
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
     from mindsearch.retrieval import normalise
     from mindsearch.runs import open_run
-    from mindsearch.vae import ImageAutoencoder, blurry_images, resize_images
+    from mindsearch.vae import BLUR, ImageAutoencoder, blurry_images, resize_images
+
+    blur = BLUR if blur is None else blur
 
     run = open_run(run_dir)
     vae = ImageAutoencoder.load(vae_path)
@@ -211,14 +213,18 @@ def main(argv=None) -> int:
     ap.add_argument("--lowlevel", choices=("head", "ridge"), default="head",
                     help="head: MindEye's low-level head (mindsearch train --vae); ridge: Brain-Diffuser's "
                          "linear map to the latents, with a ridge run for retrieval (minutes on a CPU)")
-    ap.add_argument("--blur", type=float, default=0.025,
-                    help="low-pass of the blurry stage, sigma as a share of the width (0: raw decode)")
+    ap.add_argument("--blur", type=float, default=None,
+                    help="low-pass of the blurry stage, sigma as a share of the width (default: mindsearch.vae.BLUR; 0: raw decode)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test images")
     ap.add_argument("--out", type=Path, default=Path("bench_recon.json"))
     ap.add_argument("--html", type=Path, default=None, help="also write the blurry stage's page")
     args = ap.parse_args(argv)
+    if args.blur is None:
+        from mindsearch.vae import BLUR
+
+        args.blur = BLUR
     t0 = time.time()
     data, run, train_s = prepare(args.work, args.data, args.quick, args.subject, args.vae, args.preset,
                                     args.epochs, args.run, args.lowlevel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mindsearch.cli.common import say
+from mindsearch.vae import BLUR
 
 
 @click.command()
@@ -30,7 +31,7 @@ from mindsearch.cli.common import say
               help="img2img strength: 0.85 runs 17 of 20 steps (the paper's '0.15').")
 @click.option("--guidance", type=float, default=3.5, show_default=True, help="Classifier-free guidance.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--blur", type=float, default=0.025, show_default=True,
+@click.option("--blur", type=float, default=BLUR, show_default=True,
               help="Low-pass of the blurry image: Gaussian sigma as a share of its width (0: MindEye's raw decode).")
 @click.option("--init", "init", type=click.Choice(["blurry", "retrieved", "none"]), default="blurry",
               show_default=True, help="img2img starting image.")

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mindsearch.vae import BLUR
+
 from mindsearch.errors import MindsearchError
 
 INITS = ("blurry", "retrieved", "none")
@@ -42,7 +44,7 @@ class ReconstructionSettings:
     init_normalization: str = "vae"  # "clip" reproduces MindEye1's quirk (ANCHORS 5.5)
     retrieved_candidates: int = 1  # top retrieved images that join best-of-N (with an index)
     batch: int = 16  # candidates per UNet batch
-    blur: float = 0.025  # low-pass of the blurry image, sigma as a share of its width (mindsearch.vae.BLUR)
+    blur: float = BLUR  # low-pass of the blurry image, sigma as a share of its width
 
     def check(self) -> "ReconstructionSettings":
         from mindsearch.reconstruct.diffusion import INIT_NORMALIZATIONS
