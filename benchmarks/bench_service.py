@@ -14,6 +14,10 @@ default 73,000 with an exact Flat index = NSD's pool, and 1,000,000 with HNSW32)
                    concurrent keep-alive clients: p50, p99 and queries per second
   cli in-process   a fresh ``mindsearch query --voxels q.npy --local`` process (cold)
   cli via service  a fresh ``mindsearch query --voxels q.npy`` while the service runs
+  paired           1 query: the engine and HTTP c=1 again, in alternating blocks of 20, so both
+                   see the same machine load; HTTP minus engine there is the service's cost (the
+                   target: at most 3 ms p50). The engine's CPU time is recorded on both sides
+                   (the service's ``Server-Timing: cpu``): equal CPU with more wall time = waiting for a core.
 
 The run is synthetic but real: a ridge run directory (config.json, model.safetensors,
 zscore.safetensors) whose map sends V voxels to exactly the brain-style query vectors, so the
@@ -107,10 +111,64 @@ def npy(arr) -> bytes:
     return buf.getvalue()
 
 
+def server_timing(response) -> dict:
+    """The service's ``Server-Timing`` metrics in ms: ``{"engine": wall, "cpu": CPU of its thread}``."""
+    out = {"engine": float("nan"), "cpu": float("nan")}
+    for part in (response.getheader("Server-Timing") or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
+def post(conn, path: str, body: bytes) -> tuple[float, dict]:
+    """One ``POST /v1/query`` on a keep-alive connection: (seconds, its Server-Timing metrics)."""
+    t = time.perf_counter()
+    conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {TOKEN}",
+                                                   "Content-Type": "application/x-npy"})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
+    return time.perf_counter() - t, server_timing(r)
+
+
+def paired(port: int, body: bytes, index: str, engine_call, rounds: int, per: int, budget_s: float) -> dict:
+    """The warm in-process engine and HTTP c=1 in alternating blocks of ``per`` queries: both see
+    the same machine load, so their difference is the service's cost even while the load moves
+    (timed one after the other, as above, the two can be seconds and a load change apart)."""
+    path = f"/v1/query?k={K}&index={index}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    engine_ms, engine_cpu, http_ms, server_ms, server_cpu = [], [], [], [], []
+    end = time.perf_counter() + budget_s
+    for _ in range(rounds):
+        for _ in range(per):
+            t, c = time.perf_counter(), time.thread_time()
+            engine_call()
+            engine_ms.append(time.perf_counter() - t)
+            engine_cpu.append(time.thread_time() - c)
+        for _ in range(per):
+            seconds, st = post(conn, path, body)
+            http_ms.append(seconds)
+            server_ms.append(st["engine"] / 1e3)
+            server_cpu.append(st["cpu"] / 1e3)
+        if time.perf_counter() > end:
+            break
+    conn.close()
+
+    def p50(x):
+        return round(float(np.nanpercentile(np.asarray(x) * 1e3, 50)), 3)
+
+    out = {"engine_p50_ms": p50(engine_ms), "http_c1_p50_ms": p50(http_ms), "server_engine_p50_ms": p50(server_ms),
+           "engine_cpu_p50_ms": p50(engine_cpu), "server_engine_cpu_p50_ms": p50(server_cpu), "n": len(http_ms),
+           "block": per}
+    out["gap_ms"] = round(out["http_c1_p50_ms"] - out["engine_p50_ms"], 3)
+    return out
+
+
 def http_bench(port: int, body: bytes, rows: int, clients: int, reps: int, budget_s: float, index: str) -> dict:
     """``clients`` threads, each with its own keep-alive connection, posting the same query."""
     path = f"/v1/query?k={K}&index={index}"
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-npy"}
     lat: list[float] = []
     inside: list[float] = []  # the engine's ms inside the server (its Server-Timing header)
     lock = threading.Lock()
@@ -121,14 +179,9 @@ def http_bench(port: int, body: bytes, rows: int, clients: int, reps: int, budge
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         mine, server = [], []
         for _ in range(per_client):
-            t = time.perf_counter()
-            conn.request("POST", path, body=body, headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-            if r.status != 200:
-                raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
-            mine.append(time.perf_counter() - t)
-            server.append(float(r.getheader("Server-Timing", "engine;dur=nan").split("dur=")[1]))
+            seconds, st = post(conn, path, body)
+            mine.append(seconds)
+            server.append(st["engine"])
             if time.perf_counter() > end and len(mine) >= 3:
                 break
         conn.close()
@@ -266,6 +319,14 @@ def bench_size(n: int, kind: str, params: dict, args, synth: Synth, tmp: Path) -
                 row[f"http_c{c}"] = http_bench(port, body, nq, c, 200 if nq == 1 else 16, b, name)
             print(f"[{n}] {nq} queries over HTTP: c=1 p50 {row['http_c1']['p50_ms']} ms (engine inside the server {row['http_c1']['server_engine_p50_ms']} ms), "
                   f"c=8 p50 {row['http_c8']['p50_ms']} ms ({row['http_c8']['qps']} q/s)", flush=True)
+        one = rows[0]
+        one["paired"] = paired(port, npy(voxels[:1]), name, lambda: engine.query(name, voxels[:1], run, k=K, session=1),
+                               rounds=10, per=20, budget_s=2 * b)
+        pr = one["paired"]
+        print(f"[{n}] 1 query, engine and HTTP c=1 in alternating blocks: engine {pr['engine_p50_ms']} ms "
+              f"(CPU {pr['engine_cpu_p50_ms']}), HTTP {pr['http_c1_p50_ms']} ms (engine inside the server "
+              f"{pr['server_engine_p50_ms']} ms, CPU {pr['server_engine_cpu_p50_ms']}): HTTP adds {pr['gap_ms']} ms",
+              flush=True)
         common = ["query", "--voxels", str(tmp / "q1.npy"), "--k", str(K), "--index", name, "--session", "1"]
         rows[0]["cli_via_service"] = cli_times(common, home, args.cli_reps)
         rows[0]["cli_in_process"] = cli_times(common + ["--local", "--root", str(root), "--run", str(run_path)],
@@ -285,14 +346,14 @@ def bench_size(n: int, kind: str, params: dict, args, synth: Synth, tmp: Path) -
 # ------------------------------------------------------------------------------------------ report
 def table(rows: list[dict]) -> str:
     head = ["N", "index", "q", "bare faiss", "encode+faiss", "engine", "http c=1", "http c=1 p99", "http c=8",
-            "c=8 p99", "c=8 q/s", "cli local s", "cli svc s"]
+            "c=8 p99", "c=8 q/s", "cli local s", "cli svc s", "paired gap"]
     lines = ["  ".join(f"{h:>12}" for h in head)]
     for r in rows:
         cells = [r["n"], r["index"], r["queries"], r["bare_faiss"]["p50_ms"], r["encode_faiss"]["p50_ms"],
                  r["engine"]["p50_ms"], r.get("http_c1", {}).get("p50_ms", "-"), r.get("http_c1", {}).get("p99_ms", "-"),
                  r.get("http_c8", {}).get("p50_ms", "-"), r.get("http_c8", {}).get("p99_ms", "-"),
                  r.get("http_c8", {}).get("qps", "-"), r.get("cli_in_process", {}).get("median_s", "-"),
-                 r.get("cli_via_service", {}).get("median_s", "-")]
+                 r.get("cli_via_service", {}).get("median_s", "-"), r.get("paired", {}).get("gap_ms", "-")]
         lines.append("  ".join(f"{str(c):>12}" for c in cells))
     return "\n".join(lines)
 
@@ -330,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
               "import_seconds": profile, "elapsed_s": round(time.perf_counter() - t0, 1), "rows": rows}
     print(table(rows))
     print(f"p50 in ms unless marked; q/s = query rows per second; cold CLI: median seconds of a fresh process "
-          f"(1 query). Imports in a fresh process (s): {profile}")
+          f"(1 query); paired gap: HTTP c=1 minus the in-process engine, timed in alternating blocks. "
+          f"Imports in a fresh process (s): {profile}")
     write_report(report, args.out)
     return 0
 

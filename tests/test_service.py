@@ -80,9 +80,12 @@ def test_service_and_cli_return_identical_hits(world, home, server, trials):
     status, headers, answer = post_json(server, "/v1/query", {"trial": trial_numbers, "k": 8})
     assert status == 200, answer
     same_hits(answer["hits"], cli_blocks)
-    # the engine's own time, so a client can tell it from the transport
+    # the engine's own time, so a client can tell it from the transport, and the CPU it used
+    # (wall well above CPU = the query waited for a core)
     timing = {k.lower(): v for k, v in headers.items()}["server-timing"]
-    assert timing.startswith("engine;dur=") and float(timing.split("=")[1]) > 0
+    metrics = dict(part.strip().split(";dur=") for part in timing.split(","))
+    assert list(metrics) == ["engine", "cpu"]
+    assert 0 < float(metrics["cpu"]) <= float(metrics["engine"])
     assert answer["truth"] == [int(line.split(",")[3]) for line in (home / "trials.trials.csv").read_text().split()[1:]]
     # The CLI with no flags goes through the running service (recorded in config.toml) and agrees.
     mindsearch(home, "use", "--root", world["indexes"], "--index", INDEX, "--run", world["run"])
