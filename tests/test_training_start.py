@@ -173,26 +173,47 @@ def test_a_kept_ridge_start_is_the_ridge_baseline(tmp_path, ridge_preset):
     np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept, rtol=1e-3, atol=1e-3)
 
 
-def test_mean_shift_is_chosen_on_validation_and_applied(tmp_path, ridge_preset):
-    """A strongly regularised ridge read-out is shrunk towards the mean target; the calibration
-    picks on validation how much of that mean to subtract (0 competes and wins ties) and folds
-    it into the output bias: the run is ridge minus share x the training images' mean target."""
+def test_mean_shift_of_a_kept_ridge_is_cross_validated_and_applied(tmp_path, ridge_preset):
+    """A strongly regularised ridge read-out is shrunk towards the mean target; when ridge is
+    kept, the share of that mean to subtract is chosen by 5-fold cross-validation over every
+    training image (0 competes and wins ties), not on the few validation images, and folded into
+    the output bias: the run is ridge minus share x the training images' mean target."""
     from mindsearch.runs import open_run
-    from mindsearch.training.ridge import average_by_image, fit_ridge
+    from mindsearch.training.ridge import average_by_image, cv_mean_shift, fit_ridge
+    from mindsearch.training.trainer import MEAN_SHIFTS
 
     targets, vox, ids = _world(noise=2.0)
     targets = targets + 1.5  # a shared component, as real embedding spaces have
     s = train_arrays(vox, ids, targets, _cfg(ridge_preset, lr=1e-9, ridge_alpha=3000.0, mean_shift=True),
                      tmp_path / "run", progress=False)
-    scores, share = s["mean_shift"]["val_mrr"], s["mean_shift"]["share"]
+    assert s["ridge_refit_on_all_images"]
+    scores, share = s["mean_shift"]["cv_mrr"], s["mean_shift"]["share"]
+    assert s["mean_shift"]["n_images"] == 60 and "val_mrr" not in s["mean_shift"]
     assert share > 0 and scores[f"{share:.3f}"] == max(scores.values()) > scores["0.000"]
     x, uniq = average_by_image(vox[1], ids[1])
     y = targets[uniq].reshape(len(uniq), -1)
+    again = cv_mean_shift(x, y, 3000.0, MEAN_SHIFTS, y.mean(0), seed=0)
+    assert again["share"] == share and again["cv_mrr"] == pytest.approx(scores)
     coef, intercept = fit_ridge(x, y, 3000.0)
     ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
     np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept - share * y.mean(0),
                                rtol=1e-3, atol=1e-3)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mean_shift_share"] == share
+
+
+def test_cv_mean_shift_ties_go_to_no_shift_and_oversize_is_refused():
+    """With a zero mean target every share is the same prediction, so 0 wins the tie (the
+    scores are real: a good read-out ranks most images first); a fold's predictions too large
+    for ``max_bytes`` give None (the caller then keeps no shift and says why)."""
+    from mindsearch.training.ridge import cv_mean_shift
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 20))
+    y = x @ rng.standard_normal((20, 12)) + 0.1 * rng.standard_normal((80, 12))
+    res = cv_mean_shift(x, y - y.mean(0), 1e-3, (0.0, 0.5, 1.0), np.zeros(12))
+    assert res["share"] == 0.0  # y_mean = 0: every share is the same prediction, 0 wins the tie
+    assert len(set(res["cv_mrr"].values())) == 1 and res["cv_mrr"]["0.000"] > 0.5
+    assert cv_mean_shift(x, y, 1.0, (0.0, 0.5), y.mean(0), max_bytes=1000) is None
 
 
 def test_time_budget_caps_the_data_aware_schedule(tmp_path, ridge_preset, capsys):
@@ -231,3 +252,29 @@ def test_ridge_fallback_trains_from_random_weights_and_keeps_ridge_when_it_wins(
     coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)
     ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
     np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept, rtol=1e-3, atol=1e-3)
+
+
+def test_fine_tuning_keeps_the_new_subjects_own_ridge_when_pretraining_does_not_help(tmp_path, ridge_preset):
+    """A model pretrained on unrelated data (shuffled targets) is a bad start for subject 2:
+    with ``ridge_fallback`` the subject's own ridge competes at step 0 and, unbeaten, is the
+    run: exactly subject 2's ridge refitted on all its training images, as from scratch."""
+    from mindsearch.models import from_pretrained
+    from mindsearch.runs import open_run
+    from mindsearch.training.ridge import average_by_image, fit_ridge
+
+    targets, vox1, ids1 = _world(seed=0)
+    shuffled = targets[np.random.default_rng(1).permutation(len(targets))]
+    train_arrays(vox1, ids1, shuffled, _cfg(ridge_preset, steps=5), tmp_path / "pre", progress=False)
+    rng = np.random.default_rng(5)
+    x2 = targets[ids1[1]].reshape(len(ids1[1]), -1) @ rng.standard_normal((T * D, 30)) \
+        + rng.standard_normal((len(ids1[1]), 30))
+    vox2 = {2: ((x2 - x2.mean(0)) / x2.std(0)).astype(np.float32)}
+    s = train_arrays(vox2, {2: ids1[1]}, targets, _cfg(ridge_preset, init="ridge_fallback", lr=1e-9, ridge_alpha=30.0),
+                     tmp_path / "ft", progress=False, model=from_pretrained(tmp_path / "pre"))
+    assert s["kept_own_ridge_over_pretrained"] and s["chosen_step"] == 0 and s["ridge_refit_on_all_images"]
+    x, uniq = average_by_image(vox2[2], ids1[1])
+    coef, intercept = fit_ridge(x, targets[uniq].reshape(len(uniq), -1), 30.0)
+    run = open_run(tmp_path / "ft")
+    ours = run.encode(x, subject=2, zscore=False, outputs=("disjointed",))["disjointed"]
+    np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept, rtol=1e-3, atol=1e-3)
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["kept_own_ridge_over_pretrained"]

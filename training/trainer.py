@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from mindsearch.errors import MindsearchError
-from mindsearch.retrieval import top1_full_pool
+from mindsearch.retrieval import reciprocal_rank, top1_full_pool
 from mindsearch.training import checkpoints
 from mindsearch.training.checkpoints import CKPT_DIR
 
@@ -254,10 +254,13 @@ class StepSelection:
     def __init__(self, cfg: TrainConfig, start_is_candidate: bool = True):
         self.cfg, self.step, self.score, self.weights, self.curve = cfg, None, -1.0, None, []
         self.start_is_candidate = start_is_candidate
+        self.tag = None  # "ridge": the best is the new subjects' own ridge (fine-tuning's fallback)
 
-    def offer(self, step: int, res: dict, model) -> None:
+    def offer(self, step: int, res: dict, model, tag: str | None = None) -> None:
+        """``tag="ridge"``: a step-0 candidate that is not ``model``'s weights (rebuilt, not stored)."""
         score = res["mean_brain_to_image_top1"]
-        self.curve.append([step, score])
+        if tag is None:
+            self.curve.append([step, score])
         if step == 0 and not self.start_is_candidate:
             return  # random weights are measured (the curve's origin), never kept
         n = sum(r["n"] for r in res.values() if isinstance(r, dict))
@@ -265,16 +268,17 @@ class StepSelection:
         if self.step == 0 and self.cfg.init in RIDGE_INITS and n:
             margin = self.cfg.select_margin * math.sqrt(max(self.score * (1 - self.score), 1 / n) / n)
         if score > self.score + margin:
-            self.step, self.score = step, score
+            self.step, self.score, self.tag = step, score, tag
             if self.cfg.select == "best":
-                self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                self.weights = None if tag else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     def state(self) -> dict:
-        return {"val_curve": self.curve, "best_step": self.step, "best_score": self.score}
+        return {"val_curve": self.curve, "best_step": self.step, "best_score": self.score, "best_tag": self.tag}
 
     def restore(self, position: dict, weights: dict) -> None:
         self.curve = position.get("val_curve", [])
         self.step, self.score = position.get("best_step"), position.get("best_score", -1.0)
+        self.tag = position.get("best_tag")
         self.weights = weights or None
 
 
@@ -356,21 +360,12 @@ def validate(model, val: dict, lookup, device, size: int = 300, batch: int = 256
             brain, images = mean / np.bincount(inv)[:, None], lookup(keep).reshape(len(keep), -1)
             fwd, bwd = top1_full_pool(brain, images)
             res[str(s)] = {"brain_to_image_top1": fwd, "image_to_brain_top1": bwd,
-                           "brain_to_image_mrr": _reciprocal_rank(brain, images), "n": int(len(keep))}
+                           "brain_to_image_mrr": reciprocal_rank(brain, images), "n": int(len(keep))}
     model.train(was_training)
     if res:
         for key in ("brain_to_image_top1", "brain_to_image_mrr"):
             res[f"mean_{key}"] = float(np.mean([r[key] for r in res.values() if isinstance(r, dict)]))
     return res
-
-
-def _reciprocal_rank(brain: np.ndarray, images: np.ndarray) -> float:
-    """Mean 1 / rank of each row's own image among all (ties rank behind): a smooth top-1."""
-    from mindsearch.retrieval import normalise
-
-    sim = normalise(brain) @ normalise(images).T
-    rank = (sim >= np.diag(sim)[:, None]).sum(axis=1)
-    return float(np.mean(1.0 / rank))
 
 
 MEAN_SHIFTS = (0.0, 1 / 3, 0.5, 2 / 3, 0.8, 0.9)
@@ -420,6 +415,26 @@ def calibrate_mean_shift(model, val: dict, lookup, y_mean: np.ndarray, device, s
     best = max(scores, key=lambda lam: (scores[lam][0], -lam))
     return {"share": best, "val_mrr": {f"{lam:.3f}": v[0] for lam, v in scores.items()},
             "val_top1": {f"{lam:.3f}": v[1] for lam, v in scores.items()}}
+
+
+def _ridge_cv_shift(vox: dict, ids: dict, lookup, fitted: dict, y_mean: np.ndarray, cfg: TrainConfig) -> dict:
+    """``calibrate_mean_shift``'s choice for a kept ridge read-out, by k-fold cross-validation
+    of each subject's ridge (its fitted alpha) over all its training images, folds' reciprocal
+    ranks averaged over subjects."""
+    from mindsearch.training.ridge import average_by_image, cv_mean_shift
+
+    per_subject = []
+    for s in sorted(vox):
+        x, uniq = average_by_image(np.asarray(vox[s], np.float32), ids[s])
+        res = cv_mean_shift(x, lookup(uniq).reshape(len(uniq), -1), fitted[str(s)]["alpha"], MEAN_SHIFTS,
+                            y_mean, seed=cfg.seed)
+        if res is None:
+            return {"share": 0.0, "reason": "too many images x target values to cross-validate the calibration"}
+        per_subject.append(res)
+    mrr = {k: float(np.mean([r["cv_mrr"][k] for r in per_subject])) for k in per_subject[0]["cv_mrr"]}
+    best = max(mrr, key=lambda k: (mrr[k], -float(k)))
+    return {"share": float(best), "cv_mrr": mrr, "folds": per_subject[0]["folds"],
+            "n_images": int(sum(r["n_images"] for r in per_subject))}
 
 
 def _epoch_line(record: dict) -> str:
@@ -529,6 +544,15 @@ def train_arrays(
         if cfg.init == "ridge_fallback" and fresh:
             start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ridge_info = ridge_start(model, vox, ids, lookup, cfg, say, subjects=None if fresh else new)
+    # Fine-tuning new subjects only: their own ridge (what training from scratch would keep) is a
+    # step-0 candidate too, so a pretrained start never leaves a subject worse off than no
+    # pretraining; it is rebuilt (closed form) if it wins, never stored.
+    def own_ridge(v: dict, i: dict):
+        fb = build_model(cfg, n_voxels, tokens, dim, sample_targets, None, model_overrides)
+        return fb, ridge_start(fb, v, i, lookup, cfg)
+
+    fallback = own_ridge if (cfg.init == "ridge_fallback" and not fresh and new
+                             and set(new) == set(subjects) and val_sets) else None
 
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     mp = cfg.mixed_precision
@@ -635,11 +659,18 @@ def train_arrays(
             checkpoints.save(out_dir, raw, optimizer, scheduler, {"position": position, "config": cfg.to_dict()},
                              extra=best.weights)
 
+    if global_step == 0 and fallback is not None:
+        own = validate(fallback(vox, ids)[0], val_sets, lookup, "cpu", cfg.val_size)
+        if own:
+            best.offer(0, own, None, tag="ridge")
+            say(f"the new subject's own ridge: validation brain->image top-1 {own['mean_brain_to_image_top1']:.1%} "
+                "(kept unless the pretrained model beats it)")
     if global_step == 0 and val_sets:
         res0 = evaluate_and_select(0)  # where training starts; a ridge start must be beaten to be left
         if res0:
             say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}"
-                + (" (the ridge solution, kept unless training beats it)" if start_weights else ""))
+                + (" (the ridge solution, kept unless training beats it)" if start_weights else "")
+                + (" (the pretrained model)" if fallback is not None else ""))
     if global_step == 0 and start_weights is not None:
         # ridge_fallback: ridge was measured (and kept as the step-0 candidate); train from random weights.
         raw.load_state_dict(start_weights)
@@ -712,7 +743,11 @@ def train_arrays(
     chosen = global_step
     if not interrupted and cfg.select == "best" and best.step is not None:
         chosen = best.step
-        if chosen != global_step:
+        if best.tag == "ridge":
+            # Neither the pretrained start nor fine-tuning beat the subject's own ridge: the run
+            # is that ridge, refitted on every training image below, as from scratch.
+            raw, _ = fallback(vox, ids)
+        elif chosen != global_step:
             raw.load_state_dict(best.weights)
     summary = {
         "out_dir": str(out_dir),
@@ -743,21 +778,28 @@ def train_arrays(
     if interrupted:
         return summary
     shift = None
-    if cfg.mean_shift and val_sets:
-        y_mean = mean_target(lookup, np.unique(np.concatenate([every_ids[s] for s in subjects])))
-        shift = calibrate_mean_shift(raw, val_sets, lookup, y_mean, device, cfg.val_size)
-        summary["mean_shift"] = shift
-    if chosen == 0 and ridge_info and fresh and len(val_images):
+    ridge_kept = bool(chosen == 0 and ridge_info and (fresh or best.tag == "ridge") and len(val_images))
+    summary["kept_own_ridge_over_pretrained"] = best.tag == "ridge"
+    y_mean = mean_target(lookup, np.unique(np.concatenate([every_ids[s] for s in subjects]))) \
+        if cfg.mean_shift and val_sets else None
+    if ridge_kept:
         # Training did not beat the ridge start: keep ridge, refitted on every training image
-        # (validation included), which is what the ridge baseline fits.
+        # (validation included), which is what the ridge baseline fits; its calibration is then
+        # chosen by cross-validation over all those images, not the few validation ones.
         summary["ridge_start"] = ridge_start(raw, every_vox, every_ids, lookup, cfg, say)
         summary["ridge_refit_on_all_images"] = True
+        if y_mean is not None:
+            shift = _ridge_cv_shift(every_vox, every_ids, lookup, summary["ridge_start"], y_mean, cfg)
+    elif y_mean is not None:
+        shift = calibrate_mean_shift(raw, val_sets, lookup, y_mean, device, cfg.val_size)
+    if shift is not None:
+        summary["mean_shift"] = shift
     if shift and shift["share"]:
         shift_output(raw, -shift["share"] * y_mean)
-        key = f"{shift['share']:.3f}"
-        say(f"output calibration: minus {shift['share']:.2f} x the mean target (validation reciprocal rank "
-            f"{shift['val_mrr']['0.000']:.3f} -> {shift['val_mrr'][key]:.3f}, top-1 "
-            f"{shift['val_top1']['0.000']:.1%} -> {shift['val_top1'][key]:.1%})")
+        key, how = f"{shift['share']:.3f}", "validation" if "val_mrr" in shift else f"{shift['folds']}-fold"
+        scores = shift.get("val_mrr") or shift["cv_mrr"]
+        say(f"output calibration: minus {shift['share']:.2f} x the mean target ({how} reciprocal rank "
+            f"{scores['0.000']:.3f} -> {scores[key]:.3f})")
     if chosen != global_step:
         say(f"keeping step {chosen} of {global_step} (best validation top-1 {best.score:.1%})")
 
@@ -776,7 +818,8 @@ def train_arrays(
             "data": info.get("data"),
             "train": {**cfg.to_dict(), "chosen_step": chosen, "total_steps": total_steps,
                       "validation_images": int(len(val_images)),
-                      "mean_shift_share": shift["share"] if shift else 0.0},
+                      "mean_shift_share": shift["share"] if shift else 0.0,
+                      "kept_own_ridge_over_pretrained": best.tag == "ridge"},
             **{k: info[k] for k in ("from_run", "lowlevel_vae") if k in info},
         }
         save_pretrained(raw, out_dir, extra_config=record, zscore=zscore, log=summary,
