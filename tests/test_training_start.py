@@ -136,8 +136,9 @@ def test_non_finite_inputs_are_rejected_before_training(tmp_path, ridge_preset):
 
 
 def test_fine_tuning_gives_a_new_subject_its_ridge_adapter(tmp_path, ridge_preset):
-    """Pretrain on subject 1; subject 2 (other voxels) joins with the ridge map through the trained
-    read-out, so before any fine-tuning step it already retrieves far above chance."""
+    """Pretrain on subject 1; subject 2 (other voxels) joins with an adapter fitted by ridge to the
+    trunk inputs its images ask for (the trunk untouched), so before any fine-tuning step it
+    already retrieves far above chance."""
     from mindsearch.models import from_pretrained
     from mindsearch.training.trainer import build_model, ridge_start
 
@@ -149,8 +150,12 @@ def test_fine_tuning_gives_a_new_subject_its_ridge_adapter(tmp_path, ridge_prese
     train_arrays(vox1, ids1, targets, _cfg(ridge_preset, steps=5), tmp_path / "pre", progress=False)
     cfg = _cfg(ridge_preset)
     model = build_model(cfg, {2: 30}, T, D, targets, model=from_pretrained(tmp_path / "pre"))
+    trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("adapters.")}
     info = ridge_start(model, vox2, {2: ids1[1]}, lambda i: targets[i], cfg, subjects=[2])
-    assert set(info) == {"2"}
+    assert set(info) == {"2"} and info["2"]["start"] == "trunk inversion"
+    for k, v in model.state_dict().items():  # only the new adapter moved: the trunk is the pretrained one
+        if k in trunk:
+            assert torch.equal(v, trunk[k]), k
     first = np.unique(ids1[1], return_index=True)[1]  # one trial per image
     with torch.no_grad():
         out = model.eval()(torch.from_numpy(vox2[2][first]), 2).disjointed.numpy()

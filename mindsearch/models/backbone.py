@@ -78,6 +78,11 @@ class Backbone(nn.Module):
             self.input = nn.Sequential(nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(drop_in))
             self.blocks = nn.ModuleList([ResidualBlock(hidden, drop_block) for _ in range(n_blocks)])
         self.to_tokens = nn.Linear(hidden, tokens * dim)
+        # Mean and sd of the trunk's inputs (adapter outputs) over the training images, set when
+        # training ends: a new subject's adapter is fitted to inputs from this distribution
+        # (``training.inversion``). Runs from before they existed load with 0 and 1.
+        self.register_buffer("input_mean", torch.zeros(hidden))
+        self.register_buffer("input_std", torch.ones(hidden))
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(tokens (n, T, D), features (n, hidden))``; features feed the low-level head."""

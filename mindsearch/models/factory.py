@@ -136,6 +136,10 @@ def model_config_of(record: dict, path=None) -> MindEyeConfig:
     return MindEyeConfig.from_dict(record, path)
 
 
+# Buffers that runs written before they existed lack; their constructor values stand in.
+OPTIONAL_BUFFERS = ("backbone.input_mean", "backbone.input_std")
+
+
 def from_pretrained(directory: str | Path, device: str = "cpu"):
     import torch
 
@@ -155,6 +159,7 @@ def from_pretrained(directory: str | Path, device: str = "cpu"):
     except RuntimeError as exc:  # shape mismatches: the weights are not this config's
         raise MindsearchError(f"weights do not match the config ({str(exc).splitlines()[-1].strip()})",
                               directory / "model.safetensors") from None
+    missing = [k for k in missing if k not in OPTIONAL_BUFFERS]
     if missing or unexpected:
         raise MindsearchError(
             f"weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})",

@@ -1,0 +1,137 @@
+"""Enrolling a new subject under a trained trunk: the trunk's input for each training image,
+then ridge from the subject's voxels to it.
+
+A pretrained model is ``adapter_s`` (linear, per subject) followed by the shared trunk
+(residual blocks, output linear, projector). A new subject with one session has too few trials
+to learn its adapter by gradient descent through the trunk, and mapping its own ridge solution
+through the output linear alone (``ridge.adapter_for``) ignores the trunk's nonlinearity, so the
+pretrained start scores below the subject's own ridge. Instead we ask the trunk which input it
+wants for each training image:
+    h_i = argmin_h 1 - cos(trunk(h), y_i) + lam * mean(((h - m) / s)^2)
+by Adam from h = m, where m and s are the mean and sd of the trunk's inputs over its training
+images (``Backbone.input_mean``/``input_std``, stored with the run), and fit the adapter by
+closed-form ridge from averaged voxels to those ``h_i``. Everything after the adapter stays the
+pretrained model's, so the subject gets the trunk's nonlinear read-out from its first session.
+
+Measured on ``standard`` (pretrained on subjects 2, 5, 7 for 4,000 steps; subject 1's first
+session, 527 images; brain->image top-1 in 300 x 30; ``benchmarks/results/issue8_experiments.md``):
+the subject's own ridge 9.1 %; this start 14.5 % (lam 0.001), 14.3 % (0.01 and 0), 150 Adam steps;
+from h = 0 with an unscaled penalty (what a run without statistics gets) 10.3 %.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mindsearch.training.ridge import ALPHAS, fit_ridge
+
+LAMBDA = 0.001  # the best of 0, 0.001, 0.01 (all within 0.2 points)
+ITERS = 150
+LR = 0.05
+
+
+def trunk_inputs(model, targets: np.ndarray, lam: float = LAMBDA, iters: int = ITERS, lr: float = LR,
+                 batch: int = 1024) -> np.ndarray:
+    """The hidden vector (n, hidden) each flattened target (n, T*D) asks of ``model``'s trunk
+    (the retrieval output, projector included), found by gradient descent on the vectors only."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    mean, sd = model.backbone.input_mean.detach().clone(), model.backbone.input_std.detach().clone()
+    out = []
+    try:
+        for i in range(0, len(targets), batch):
+            y = torch.as_tensor(np.asarray(targets[i : i + batch], np.float32), device=device)
+            h = mean.repeat(len(y), 1).requires_grad_(True)
+            opt = torch.optim.Adam([h], lr=lr)
+            for _ in range(iters):
+                tokens, _ = model.backbone(h)
+                pred = (model.projector(tokens) if model.projector is not None else tokens).reshape(len(y), -1)
+                loss = (1 - F.cosine_similarity(pred, y, dim=1)).mean() + lam * (((h - mean) / sd) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            out.append(h.detach().cpu().numpy())
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.config.hidden), np.float32)
+
+
+def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_ridge: float, folds: int = 5,
+                       seed: int = 0) -> dict:
+    """Ridge from ``voxels`` (n images, V; repetitions averaged) to the trunk inputs their
+    ``targets`` ask for, alpha chosen by ``folds``-fold cross-validation of what matters: the
+    reciprocal rank of the trunk's outputs for the held-out images. The same folds score the
+    subject's own ridge (``alpha_ridge``), so ``trunk_mrr`` vs ``ridge_mrr`` is a paired
+    comparison over every training image. Returns ``a_weight`` (hidden, V), ``a_bias``,
+    ``alpha`` and the comparison for ``MindEyeModel.set_adapter`` and the trainer."""
+    import torch
+
+    from mindsearch.retrieval import reciprocal_rank
+
+    hidden = trunk_inputs(model, targets)
+    n = len(voxels)
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    device = next(model.parameters()).device
+    trunk = {float(a): [] for a in ALPHAS}
+    ridge = []
+    was_training = model.training
+    model.eval()
+    for part in parts:
+        keep = np.ones(n, bool)
+        keep[part] = False
+        w, b = fit_ridge(voxels[keep], targets[keep], alpha_ridge)
+        ridge.append(reciprocal_rank(voxels[part] @ w.T + b, targets[part]))
+        # every alpha from one thin SVD of the fold's centred voxels (as ridge.choose_alpha)
+        x_mean, h_mean = voxels[keep].mean(0), hidden[keep].mean(0)
+        u, sv, vt = np.linalg.svd(voxels[keep] - x_mean, full_matrices=False)
+        uth = u.T @ (hidden[keep] - h_mean)
+        xv = (voxels[part] - x_mean) @ vt.T
+        for a in trunk:
+            h = (xv * (sv / (sv**2 + a))) @ uth + h_mean
+            with torch.no_grad():
+                tokens, _ = model.backbone(torch.as_tensor(h.astype(np.float32), device=device))
+                pred = (model.projector(tokens) if model.projector is not None else tokens).reshape(len(part), -1)
+            trunk[a].append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
+    model.train(was_training)
+    scores = {a: float(np.mean(v)) for a, v in trunk.items()}
+    alpha = max(scores, key=lambda a: (scores[a], a))  # ties: the stronger regularisation
+    weight, bias = fit_ridge(voxels, hidden, alpha)
+    return {"a_weight": weight, "a_bias": bias, "alpha": float(alpha), "rank": int(weight.shape[0]),
+            "start": "trunk inversion", "cv": {"trunk_mrr": scores[alpha], "ridge_mrr": float(np.mean(ridge)),
+                                               "folds": folds, "n_images": n,
+                                               "trunk_mrr_by_alpha": {f"{a:g}": v for a, v in scores.items()}}}
+
+
+def input_statistics(model, vox: dict, ids: dict, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd (hidden,) of the trunk's inputs over the training images of ``vox``'s
+    subjects (each image's trials averaged first, as a new subject's adapter is fitted)."""
+    import torch
+
+    from mindsearch.training.ridge import average_by_image
+
+    device = next(model.parameters()).device
+    rows = []
+    with torch.no_grad():
+        for s in sorted(vox):
+            x, _ = average_by_image(np.asarray(vox[s], np.float32), ids[s])
+            for i in range(0, len(x), batch):
+                rows.append(model.adapters(torch.from_numpy(x[i : i + batch]).to(device), s).float().cpu().numpy())
+    h = np.concatenate(rows).astype(np.float64)
+    return h.mean(0).astype(np.float32), np.maximum(h.std(0), 1e-6).astype(np.float32)
+
+
+def set_input_statistics(model, mean: np.ndarray, sd: np.ndarray) -> None:
+    import torch
+
+    with torch.no_grad():
+        model.backbone.input_mean.copy_(torch.as_tensor(mean))
+        model.backbone.input_std.copy_(torch.as_tensor(sd))
