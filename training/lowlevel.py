@@ -81,8 +81,12 @@ def refit_head(model, vox: dict, ids: dict, val: dict, lookup, *, steps: int, lr
     loss), AdamW at a constant ``lr``, the head's weights at the best validation L1 kept (the last
     ones without a validation set). ``vox``/``ids`` {subject: training trials}; ``val`` {subject:
     (voxels, ids)}; ``lookup`` ids -> (latents, teacher features or None). The features are
-    computed once, so a step costs only the head. Returns a record for the training log."""
+    computed once, so a step costs only the head. Returns a record for the training log; with
+    ``say``, a progress bar on stderr and one closing line."""
+    import sys
+
     import torch
+    from tqdm.auto import tqdm
 
     from mindsearch.training.losses import lowlevel_loss
 
@@ -108,16 +112,20 @@ def refit_head(model, vox: dict, ids: dict, val: dict, lookup, *, steps: int, lr
     curve = [[0, val_l1()]] if val_feats else []
     best_step, best_state = 0, None
     head.train()
+    bar = tqdm(total=steps, file=sys.stderr, desc="low-level head", disable=say is None,
+               mininterval=0.5 if sys.stderr.isatty() else 60.0)
     for step in range(1, steps + 1):
         rows = torch.randint(0, len(feats), (batch_size,), generator=gen).to(device)
         loss = lowlevel_loss(head(feats[rows])[0], latents[row_image[rows]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        bar.update(1)
         if val_feats and (step % val_every == 0 or step == steps):
             curve.append([step, val_l1()])
             if curve[-1][1] < min(v for _, v in curve[:-1]):
                 best_step, best_state = step, {k: v.detach().clone() for k, v in head.state_dict().items()}
+    bar.close()
     if best_state is not None:
         head.load_state_dict(best_state)
     elif not val_feats:
