@@ -8,7 +8,7 @@ Why a refit: trained jointly, the head is a passenger. The shared trunk follows 
 (its gradient is far larger than L1's on latents whose signal is a few per cent of their variance),
 the step kept is chosen by retrieval top-1, and a ``ridge_fallback`` run that keeps its ridge start
 keeps the head's random initial weights. Measured on the ``small`` simulation: the jointly trained
-head's outputs hardly vary across trials (spread 0.01-0.04 against the latents' 0.73, correlation
+head's outputs hardly vary across trials (spread 0.01-0.05 against the latents' 0.73, correlation
 with the seen image's latent ~0), the same head trained alone on the same voxels reaches 0.2.
 """
 

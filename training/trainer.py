@@ -770,7 +770,8 @@ def train_arrays(
         # Last, once the trunk is final (a kept ridge start is refitted just above).
         summary["lowlevel_refit"] = refit_head(raw, vox, ids, val_sets, lowlevel_lookup,
                                                steps=cfg.lowlevel_refit_steps, lr=cfg.lowlevel_refit_lr,
-                                               batch_size=cfg.batch_size, seed=cfg.seed, device=device, say=say)
+                                               batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                                               say=say if progress and accelerator.is_main_process else None)
 
     # --- 5. the run directory
     accelerator.wait_for_everyone()
