@@ -56,7 +56,7 @@ def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path,
     if run is not None:
         from mindsearch.runs import open_run
 
-        return Path(data or open_run(run).config["data"]["path"]), run, 0.0
+        return Path(data or open_run(run).data_path), run, 0.0  # recorded relative to the run
     if data is None:
         data = work / ("sim-small" if quick else "sim-standard")
         if not (data / "mindsearch.json").is_file():
