@@ -1,15 +1,17 @@
 """Reconstruction benchmark on the simulator (issue 9, section 4): is the low-level stage worth anything?
 
     python -m benchmarks.bench_recon [--data DIR | --quick] [--work DIR] [--subject 1]
-        [--vae ../shared/fixtures/weights] [--alexnet PATH] [--lowlevel head|ridge] [--preset tiny] [--epochs N]
-        [--limit N] [--out bench_recon.json] [--html bench_recon.html]
+        [--vae ../shared/fixtures/weights] [--alexnet PATH] [--lowlevel head|ridge [head|ridge]] [--preset cpu]
+        [--epochs N] [--limit N] [--out bench_recon.json] [--html bench_recon.html]
 
 The simulator renders real pixels, so image metrics mean something. On the test images of one
 subject (repetitions averaged before the model, as MindEye1 does) it scores, with MindEye's
 metrics (``mindsearch.eval.recon_metrics``: PixCorr, SSIM, AlexNet(2), AlexNet(5)):
 - ``blurry``: the run's low-level head -> TAEF2 latents -> decoded (MindEye's blurry image);
   ``--lowlevel ridge``: Brain-Diffuser's route instead, ridge from voxels to the latents, with a
-  ridge run for retrieval (what a shared 2-core CPU finishes in minutes);
+  ridge run for retrieval unless --run names one (what a shared 2-core CPU finishes in minutes);
+  ``--lowlevel head ridge``: both, as the stages ``blurry (head)`` and ``blurry (ridge)``, the
+  other stages scored once;
 - ``retrieval``: retrieval as reconstruction: the image whose target embedding is nearest the
   run's disjointed embedding among *all* the dataset's images (train and test: the protocol
   excludes nothing), so a correct retrieval returns the seen image itself;
@@ -34,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_WEIGHTS = ROOT.parent / "shared" / "fixtures" / "weights"
-STAGES = ("blurry", "retrieval", "mean image", "ceiling")
+ROUTES = ("head", "ridge")
 SCORED = ("pixcorr", "ssim", "alexnet2", "alexnet5")
 
 
@@ -42,13 +44,19 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def blurry_stages(routes) -> list[str]:
+    routes = list(routes)
+    return ["blurry"] if len(routes) == 1 else [f"blurry ({r})" for r in routes]
+
+
 def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path, preset: str,
-            epochs: int | None, run: Path | None = None, lowlevel: str = "head") -> tuple[Path, Path, float]:
-    """(dataset, run, training seconds): simulate and train unless already there."""
+            epochs: int | None, run: Path | None = None, lowlevel=("head",)) -> tuple[Path, Path, float]:
+    """(dataset, run, training seconds): simulate and train unless already there. The run is a
+    ridge run when only the ridge route is asked for, else a MindEye run with a low-level head."""
     if run is not None:
         from mindsearch.runs import open_run
 
-        return Path(data or open_run(run).config["data"]["path"]), run, 0.0
+        return Path(data or open_run(run).data_path), run, 0.0  # recorded relative to the run
     if data is None:
         data = work / ("sim-small" if quick else "sim-standard")
         if not (data / "mindsearch.json").is_file():
@@ -56,7 +64,8 @@ def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path,
 
             _log(f"simulating {'small' if quick else 'standard'} (subject {subject}) into {data}")
             simulate(data, "small" if quick else "standard", subjects=[subject], seed=0, force=True, log=_log)
-    if lowlevel == "ridge":
+    ridge_only = "head" not in lowlevel
+    if ridge_only:
         run = work / f"run-{data.name}-ridge-s{subject}"
     else:
         run = work / (f"run-{data.name}-{preset}-s{subject}" + (f"-e{epochs}" if epochs else ""))
@@ -64,11 +73,11 @@ def prepare(work: Path, data: Path | None, quick: bool, subject: int, vae: Path,
     if not (run / "config.json").is_file():
         cmd = [sys.executable, "-m", "mindsearch.cli.main", "train", "--data", str(data), "--subject",
                str(subject), "--out", str(run)]
-        if lowlevel == "ridge":
+        if ridge_only:
             cmd += ["--model", "ridge"]
         else:
             cmd += ["--preset", preset, "--vae", str(vae)]
-        if epochs and lowlevel != "ridge":
+        if epochs and not ridge_only:
             cmd += ["--epochs", str(epochs)]
         _log("training: " + " ".join(cmd))
         t0 = time.time()
@@ -96,7 +105,7 @@ def ridge_blurry(ds, subject: int, vae, size: int, test_voxels: np.ndarray, blur
 
 
 def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit: int | None,
-                 lowlevel: str = "head", size: int | None = None, blur: float | None = None) -> dict:
+                 lowlevel=("head",), size: int | None = None, blur: float | None = None) -> dict:
     """The seen test images and each stage's reconstruction of them, float32 (n, 3, H, W)."""
     from mindsearch.data import open_dataset
     from mindsearch.data.preprocess import load_split
@@ -109,7 +118,7 @@ def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit:
     run = open_run(run_dir)
     vae = ImageAutoencoder.load(vae_path)
     with open_dataset(data) as ds:
-        if lowlevel == "head":
+        if "head" in lowlevel:
             size = int(run.config["lowlevel_vae"]["image_size"])
         size = size or int(ds.image_shape[-1])
         test = load_split(ds, subject, "test", zscore=True, average="betas")
@@ -117,11 +126,11 @@ def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit:
         if limit:
             voxels, ids = voxels[:limit], ids[:limit]
         truth = resize_images(ds.images(ids), size)
-        _log(f"{len(ids)} test images at {size} px; blurry stage")
-        if lowlevel == "head":
-            blurry = blurry_images(run, voxels, vae, subject=subject, zscore=False, blur=blur)
-        else:
-            blurry = ridge_blurry(ds, subject, vae, size, voxels, blur)
+        blurry = {}
+        for route, stage in zip(lowlevel, blurry_stages(lowlevel)):
+            _log(f"{len(ids)} test images at {size} px; blurry stage, {route} route")
+            blurry[stage] = (blurry_images(run, voxels, vae, subject=subject, zscore=False, blur=blur)
+                             if route == "head" else ridge_blurry(ds, subject, vae, size, voxels, blur))
         _log("retrieval stage: nearest target among all the dataset's images")
         brain = normalise(run.encode(voxels, subject=subject, zscore=False, outputs=("disjointed",))["disjointed"])
         every = np.unique(ds.trials["image_id"].to_numpy(np.int64))
@@ -138,15 +147,17 @@ def stage_images(data: Path, run_dir: Path, vae_path: Path, subject: int, limit:
     ceiling = vae.decode(vae.encode(truth))
     return {"truth": truth, "ids": ids, "retrieval_top1": float(np.mean(top1 == ids)),
             "n_candidates": int(len(every)), "n_train_images": int(len(train_ids)),
-            "stages": {"blurry": blurry, "retrieval": retrieved,
+            "stages": {**blurry, "retrieval": retrieved,
                        "mean image": np.broadcast_to(mean, truth.shape).copy(), "ceiling": ceiling}}
 
 
 def _shown(path) -> str:
     """A path as the report stores it, without the machine's layout: relative to the checkout when it
-    lies in or beside it (``../shared/...``), else its name alone (a --work folder)."""
+    lies in it or in the shared folder beside it (``../shared/...``), else its name alone (a --work
+    folder, wherever it is)."""
     rel = os.path.relpath(Path(path).resolve(), ROOT)
-    return Path(path).name if rel.startswith(os.path.join("..", "..")) else rel
+    inside = not rel.startswith("..") or rel.startswith(os.path.join("..", "shared", ""))
+    return rel if inside else Path(path).name
 
 
 def ci95(x: np.ndarray) -> float:
@@ -158,7 +169,7 @@ def score(images: dict, alexnet: Path | None) -> dict:
 
     weights = {"alexnet": alexnet} if alexnet else None
     items, results = {}, {}
-    for stage in STAGES:
+    for stage in images["stages"]:
         _log(f"scoring {stage}")
         t0 = time.time()
         out = image_metrics(images["stages"][stage], images["truth"], weights=weights, per_item=True)
@@ -167,7 +178,7 @@ def score(images: dict, alexnet: Path | None) -> dict:
         for m in SCORED:
             if m in out["items"]:
                 results[stage][m] = {"mean": out[m], "ci95": ci95(out["items"][m])}
-    for stage in STAGES:
+    for stage in images["stages"]:
         for m in SCORED:
             if m not in items[stage]:
                 continue
@@ -184,10 +195,10 @@ def print_table(results: dict, meta: dict) -> None:
     metrics = [m for m in SCORED if m in results["ceiling"]]
     names = {"pixcorr": "PixCorr", "ssim": "SSIM", "alexnet2": "AlexNet(2)", "alexnet5": "AlexNet(5)"}
     print(f"{meta['n_test']} test images, subject {meta['subject']}, {meta['data']}; low-level: "
-          f"{meta['lowlevel']}; retrieval top-1 "
+          f"{' + '.join(meta['lowlevel'])}; retrieval top-1 "
           f"{100 * meta['retrieval_top1']:.1f}% among {meta['n_candidates']} images")
-    print(f"{'stage':<11}" + "".join(f"{names[m]:>27}" for m in metrics))
-    for stage in STAGES:
+    print(f"{'stage':<15}" + "".join(f"{names[m]:>27}" for m in metrics))
+    for stage in results:
         cells = []
         for m in metrics:
             r = results[stage][m]
@@ -196,7 +207,7 @@ def print_table(results: dict, meta: dict) -> None:
             share = f"{100 * r['share_of_ceiling']:.0f}%" if r.get("share_of_ceiling") is not None else "-"
             mark = "" if stage in ("mean image",) else ("*" if r["vs_baseline"]["beats"] else " ")
             cells.append(f"{v}{mark} ({share})")
-        print(f"{stage:<11}" + "".join(f"{c:>27}" for c in cells))
+        print(f"{stage:<15}" + "".join(f"{c:>27}" for c in cells))
     print("value ± 95% interval (share of the TAEF2 ceiling); * = beats the mean-image baseline by more "
           "than the paired difference's 95% interval; AlexNet: two-way %, chance 50")
 
@@ -210,12 +221,13 @@ def main(argv=None) -> int:
     ap.add_argument("--vae", type=Path, default=FIXTURE_WEIGHTS, help="TAEF2 folder (default: the fixtures)")
     ap.add_argument("--alexnet", type=Path, default=FIXTURE_WEIGHTS / "alexnet_imagenet_features.safetensors")
     ap.add_argument("--run", type=Path, default=None, help="an existing run trained with --vae (skips training)")
-    ap.add_argument("--lowlevel", choices=("head", "ridge"), default="head",
+    ap.add_argument("--lowlevel", choices=ROUTES, nargs="+", default=["head"],
                     help="head: MindEye's low-level head (mindsearch train --vae); ridge: Brain-Diffuser's "
-                         "linear map to the latents, with a ridge run for retrieval (minutes on a CPU)")
+                         "linear map to the latents (alone: with a ridge run for retrieval, minutes on a CPU); "
+                         "both: two blurry stages, the others scored once")
     ap.add_argument("--blur", type=float, default=None,
                     help="low-pass of the blurry stage, sigma as a share of the width (default: mindsearch.vae.BLUR; 0: raw decode)")
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", default="cpu")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test images")
     ap.add_argument("--out", type=Path, default=Path("bench_recon.json"))
@@ -228,6 +240,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     data, run, train_s = prepare(args.work, args.data, args.quick, args.subject, args.vae, args.preset,
                                     args.epochs, args.run, args.lowlevel)
+    args.lowlevel = list(dict.fromkeys(args.lowlevel))
     images = stage_images(data, run, args.vae, args.subject, args.limit, args.lowlevel, blur=args.blur)
     alexnet = args.alexnet if args.alexnet and args.alexnet.is_file() else None
     results = score(images, alexnet)
@@ -248,7 +261,7 @@ def main(argv=None) -> int:
         n = min(60, len(images["ids"]))
         pairs = ReconPairs(images["stages"]["retrieval"][:n], images["truth"][:n],
                            [str(i) for i in images["ids"][:n]], [int(i) for i in images["ids"][:n]],
-                           blurry=images["stages"]["blurry"][:n],
+                           blurry=images["stages"][blurry_stages(args.lowlevel)[0]][:n],
                            source={"pairing": "test split", "recons": "retrieval (top-1)", "truth": str(data)})
         flat = {"n": meta["n_test"], **{m: results["retrieval"].get(m, {}).get("mean") for m in SCORED}}
         write_page(args.html, flat, pairs, title="Simulator: seen | blurry | retrieved (metrics: retrieval)")

@@ -190,3 +190,44 @@ def test_smooth_is_a_gaussian_low_pass():
     assert wider.std() < out.std()
     with pytest.raises(MindsearchError, match="blur"):
         smooth(noise, -1)
+
+
+def test_lowlevel_head_follows_the_seen_image(tmp_path, weights_fixtures):
+    """The collapse this guards: a ridge-started run that keeps its ridge start kept the head's random
+    weights, and a head trained alongside the contrastive trunk predicted about the mean latent for
+    every trial (correlation with the seen image's latent ~0.01 here; 0.00 on the ``small``
+    simulation). Refitted on the kept trunk, on held-out images its latents follow the seen image's."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("h5py")
+    import json
+
+    from mindsearch.data import open_dataset
+    from mindsearch.data.preprocess import load_split
+    from mindsearch.runs import open_run
+    from mindsearch.simulate import simulate
+    from mindsearch.training.trainer import TrainConfig, train_mindeye
+
+    data = simulate(tmp_path / "ds", "small", n_voxels=300, n_shared=60, n_unique=240, trials_per_session=150,
+                    image_size=32, tokens=T, dim=D, mc_min_draws=10, mc_max_draws=40)
+    preset = tmp_path / "ridge-start.json"  # the cpu preset's shape, small
+    preset.write_text(json.dumps({
+        "name": "ridge-start", "block": "mindeye2", "hidden": 128, "n_blocks": 1,
+        "projector": {"hidden": 32, "residual": True}, "prior": None,
+        "lowlevel": {"channels": 16, "size": 4, "latent_size": 4, "decoder_channels": [32], "aux_dim": 16},
+        "train": {"batch_size": 16, "lr": 1e-3, "init": "ridge_fallback", "loss": "clip", "use_prior": False}}))
+    cfg = TrainConfig.for_preset(str(preset), steps=30, epochs=None, seed=0, device="cpu", lowlevel_refit_steps=300)
+    summary = train_mindeye(data, [1], cfg, tmp_path / "run", progress=False, vae=weights_fixtures)
+    assert summary["lowlevel_refit"]["steps"] == 300
+
+    vae = ImageAutoencoder.load(weights_fixtures)
+    with open_dataset(data) as ds:
+        train = load_split(ds, 1, "train", zscore=True, average="betas")
+        test = load_split(ds, 1, "test", zscore=True, average="betas")
+        mean = dataset_latents(ds, vae, train.image_ids, size=32).reshape(len(train.image_ids), -1).mean(0)
+        truth = dataset_latents(ds, vae, test.image_ids, size=32).reshape(len(test.image_ids), -1)
+    pred = open_run(tmp_path / "run").encode(test.voxels, zscore=False, outputs=("lowlevel",))["lowlevel"]
+    pred = pred.reshape(len(pred), -1)
+    spread, truth_spread = pred.std(0).mean(), truth.std(0).mean()
+    corr = np.mean([np.corrcoef(p - mean, t - mean)[0, 1] for p, t in zip(pred, truth)])
+    assert spread > 0.1 * truth_spread, (spread, truth_spread)  # not one latent for every trial
+    assert corr > 0.12, corr  # measured 0.22 (0.01 without the refit)

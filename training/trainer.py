@@ -71,6 +71,10 @@ class TrainConfig:
     use_projector: bool = True
     use_lowlevel: bool = False
     lowlevel_weight: float = 0.5  # MindEye2's weight on (L1/0.18215 + 0.1 * L_cont)
+    # After the loop the head is refitted alone on the trunk the run keeps (training/lowlevel.py says
+    # why): this many steps on frozen trunk features, the best validation L1 kept; 0 = no refit.
+    lowlevel_refit_steps: int = 3000
+    lowlevel_refit_lr: float = 1e-3
     init: str = "random"  # "ridge": start as the closed-form ridge solution (needs the mindeye2 block);
     # "ridge_fallback": start from random weights, the ridge solution competing as step 0 (kept when no
     # trained step beats it on validation); fine-tuning a trained model behaves as "ridge"
@@ -818,6 +822,14 @@ def train_arrays(
             f"{scores['0.000']:.3f} -> {scores[key]:.3f})")
     if chosen != global_step:
         say(f"keeping step {chosen} of {global_step} (best validation top-1 {best.score:.1%})")
+    if cfg.use_lowlevel and raw.lowlevel is not None and cfg.lowlevel_refit_steps:
+        from mindsearch.training.lowlevel import refit_head
+
+        # Last, once the trunk is final (a kept ridge start is refitted just above).
+        summary["lowlevel_refit"] = refit_head(raw, vox, ids, val_sets, lowlevel_lookup,
+                                               steps=cfg.lowlevel_refit_steps, lr=cfg.lowlevel_refit_lr,
+                                               batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                                               say=say if progress and accelerator.is_main_process else None)
 
     # What the trunk's inputs look like, for fitting a later subject's adapter (training.inversion)
     from mindsearch.training.inversion import input_statistics, set_input_statistics
