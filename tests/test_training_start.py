@@ -148,8 +148,15 @@ def test_fine_tuning_gives_a_new_subject_its_ridge_adapter(tmp_path, ridge_prese
     x2 = targets[ids1[1]].reshape(len(ids1[1]), -1) @ w + rng.standard_normal((len(ids1[1]), 30))
     vox2 = {2: ((x2 - x2.mean(0)) / x2.std(0)).astype(np.float32)}
     train_arrays(vox1, ids1, targets, _cfg(ridge_preset, steps=5), tmp_path / "pre", progress=False)
+    from mindsearch.training.ridge import average_by_image
+
+    pre = from_pretrained(tmp_path / "pre")  # the run that made the trunk stored its inputs' statistics
+    with torch.no_grad():
+        h = pre.adapters(torch.from_numpy(average_by_image(vox1[1], ids1[1])[0]), 1)
+    assert torch.allclose(pre.backbone.input_mean, h.mean(0), atol=1e-4)
+    assert torch.allclose(pre.backbone.input_std, h.std(0, unbiased=False), atol=1e-4)
     cfg = _cfg(ridge_preset)
-    model = build_model(cfg, {2: 30}, T, D, targets, model=from_pretrained(tmp_path / "pre"))
+    model = build_model(cfg, {2: 30}, T, D, targets, model=pre)
     trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("adapters.")}
     info = ridge_start(model, vox2, {2: ids1[1]}, lambda i: targets[i], cfg, subjects=[2])
     assert set(info) == {"2"} and info["2"]["start"] == "trunk inversion"

@@ -831,10 +831,12 @@ def train_arrays(
                                                batch_size=cfg.batch_size, seed=cfg.seed, device=device,
                                                say=say if progress and accelerator.is_main_process else None)
 
-    # What the trunk's inputs look like, for fitting a later subject's adapter (training.inversion)
-    from mindsearch.training.inversion import input_statistics, set_input_statistics
+    # What the trunk's inputs look like, for fitting a later subject's adapter (training.inversion).
+    # Written by the run that made the trunk; fine-tuning keeps them (its adapters aim at them).
+    if fresh or best.tag == "ridge":
+        from mindsearch.training.inversion import input_statistics, set_input_statistics
 
-    set_input_statistics(raw, *input_statistics(raw, every_vox, every_ids))
+        set_input_statistics(raw, *input_statistics(raw, every_vox, every_ids))
 
     # --- 5. the run directory
     accelerator.wait_for_everyone()
