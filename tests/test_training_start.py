@@ -314,3 +314,24 @@ def test_trunk_inputs_recover_what_the_trunk_maps_to_its_targets(ridge_preset):
     cos0 = torch.nn.functional.cosine_similarity(start, torch.from_numpy(y), dim=1)
     assert cos.min() > 0.9 and cos.mean() > 0.95 and cos.mean() > cos0.mean() + 0.2
     assert all(p.requires_grad for p in model.parameters())  # the model is left trainable
+
+
+def test_patience_counts_training_progress_not_only_a_new_kept_step(ridge_preset):
+    """A margin-protected start (ridge, a pretrained model) keeps the lead while training climbs
+    towards it: the peak of the trained steps moves, so those validations are progress (the
+    loop's patience resets on (best.step, best.peak)); a step below the peak is not."""
+    from mindsearch.training.trainer import StepSelection
+
+    def res(score):
+        return {"1": {"n": 300}, "mean_brain_to_image_top1": score}
+
+    sel = StepSelection(_cfg(ridge_preset, init="ridge_fallback"))
+    sel.offer(0, res(0.35), None, tag="ridge")
+    seen = []
+    for step, score in [(10, 0.24), (20, 0.30), (30, 0.37), (40, 0.33), (50, 0.45)]:
+        before = (sel.step, sel.peak)
+        sel.offer(step, res(score), torch.nn.Linear(1, 1))
+        seen.append((sel.step, sel.peak) != before)
+    # 0.37 is below 0.35 + 2 standard errors (about 0.055): the start stays kept, yet it is progress
+    assert seen == [True, True, True, False, True] and sel.step == 50 and sel.tag is None
+    assert sel.state()["peak"] == 0.45

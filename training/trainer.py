@@ -265,12 +265,15 @@ class StepSelection:
         self.cfg, self.step, self.score, self.weights, self.curve = cfg, None, -1.0, None, []
         self.start_is_candidate = start_is_candidate
         self.tag = None  # "ridge": the best is the new subjects' own ridge (fine-tuning's fallback)
+        self.peak = -1.0  # the best trained step's score, kept or not: is training still improving?
 
     def offer(self, step: int, res: dict, model, tag: str | None = None) -> None:
         """``tag="ridge"``: a step-0 candidate that is not ``model``'s weights (rebuilt, not stored)."""
         score = res["mean_brain_to_image_top1"]
         if tag is None:
             self.curve.append([step, score])
+        if step > 0:
+            self.peak = max(self.peak, score)
         if step == 0 and not self.start_is_candidate:
             return  # random weights are measured (the curve's origin), never kept
         n = sum(r["n"] for r in res.values() if isinstance(r, dict))
@@ -283,12 +286,13 @@ class StepSelection:
                 self.weights = None if tag else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     def state(self) -> dict:
-        return {"val_curve": self.curve, "best_step": self.step, "best_score": self.score, "best_tag": self.tag}
+        return {"val_curve": self.curve, "best_step": self.step, "best_score": self.score, "best_tag": self.tag,
+                "peak": self.peak}
 
     def restore(self, position: dict, weights: dict) -> None:
         self.curve = position.get("val_curve", [])
         self.step, self.score = position.get("best_step"), position.get("best_score", -1.0)
-        self.tag = position.get("best_tag")
+        self.tag, self.peak = position.get("best_tag"), position.get("peak", -1.0)
         self.weights = weights or None
 
 
@@ -739,9 +743,11 @@ def train_arrays(
             record = {"epoch": epoch, "phase": phase, "temp": temp, "step": global_step,
                       "loss": float(np.mean(epoch_losses)), "lr": scheduler.get_last_lr()[0]}
             if val_sets and ((cfg.val_every and (epoch + 1) % cfg.val_every == 0) or global_step == total_steps):
-                before = best.step
+                # Patience counts validations without progress of training itself: a curve still
+                # climbing towards a margin-protected start (ridge, a pretrained model) is not stale.
+                before = (best.step, best.peak)
                 val_res = record["val"] = evaluate_and_select(global_step)
-                stale = 0 if best.step != before else stale + 1
+                stale = 0 if (best.step, best.peak) != before else stale + 1
                 stopped_early = bool(cfg.patience) and stale >= cfg.patience and global_step < total_steps
             history.append(record)
             epoch_losses = []
