@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from mindsearch.training.ridge import ALPHAS, fit_ridge
+from mindsearch.training.ridge import fit_ridge, kfold, ridge_path
 
 LAMBDA = 0.001  # the best of 0, 0.001, 0.01 (all within 0.2 points)
 ITERS = 150
 LR = 0.05
+
+
+def _retrieval_output(model, h):
+    """The retrieval embedding (n, T*D) the trunk gives hidden inputs ``h`` (n, hidden)."""
+    tokens, _ = model.backbone(h)
+    return (model.projector(tokens) if model.projector is not None else tokens).reshape(len(h), -1)
 
 
 def trunk_inputs(model, targets: np.ndarray, lam: float = LAMBDA, iters: int = ITERS, lr: float = LR,
@@ -51,9 +57,7 @@ def trunk_inputs(model, targets: np.ndarray, lam: float = LAMBDA, iters: int = I
             h = mean.repeat(len(y), 1).requires_grad_(True)
             opt = torch.optim.Adam([h], lr=lr)
             for _ in range(iters):
-                tokens, _ = model.backbone(h)
-                pred = (model.projector(tokens) if model.projector is not None else tokens).reshape(len(y), -1)
-                loss = (1 - F.cosine_similarity(pred, y, dim=1)).mean() + lam * (((h - mean) / sd) ** 2).mean()
+                loss = (1 - F.cosine_similarity(_retrieval_output(model, h), y, dim=1)).mean() + lam * (((h - mean) / sd) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -79,28 +83,17 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
 
     hidden = trunk_inputs(model, targets)
     n = len(voxels)
-    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
     device = next(model.parameters()).device
-    trunk = {float(a): [] for a in ALPHAS}
-    ridge = []
+    trunk, ridge = {}, []
     was_training = model.training
     model.eval()
-    for part in parts:
-        keep = np.ones(n, bool)
-        keep[part] = False
+    for keep, part in kfold(n, folds, seed):
         w, b = fit_ridge(voxels[keep], targets[keep], alpha_ridge)
         ridge.append(reciprocal_rank(voxels[part] @ w.T + b, targets[part]))
-        # every alpha from one thin SVD of the fold's centred voxels (as ridge.choose_alpha)
-        x_mean, h_mean = voxels[keep].mean(0), hidden[keep].mean(0)
-        u, sv, vt = np.linalg.svd(voxels[keep] - x_mean, full_matrices=False)
-        uth = u.T @ (hidden[keep] - h_mean)
-        xv = (voxels[part] - x_mean) @ vt.T
-        for a in trunk:
-            h = (xv * (sv / (sv**2 + a))) @ uth + h_mean
+        for a, h in ridge_path(voxels[keep], hidden[keep], voxels[part]):
             with torch.no_grad():
-                tokens, _ = model.backbone(torch.as_tensor(h.astype(np.float32), device=device))
-                pred = (model.projector(tokens) if model.projector is not None else tokens).reshape(len(part), -1)
-            trunk[a].append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
+                pred = _retrieval_output(model, torch.as_tensor(h.astype(np.float32), device=device))
+            trunk.setdefault(float(a), []).append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
     model.train(was_training)
     scores = {a: float(np.mean(v)) for a, v in trunk.items()}
     alpha = max(scores, key=lambda a: (scores[a], a))  # ties: the stronger regularisation

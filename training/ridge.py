@@ -19,6 +19,26 @@ from mindsearch.retrieval import reciprocal_rank, top1_full_pool
 ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
 
 
+def ridge_path(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, alphas=ALPHAS):
+    """Yield ``(alpha, prediction for x_val)`` for every alpha from one thin SVD of the centred
+    training rows: ``W(alpha) = V diag(s / (s^2 + alpha)) U^T Y`` (sklearn's ``Ridge(fit_intercept=True)``)."""
+    x_mean, y_mean = x_train.mean(0), y_train.mean(0)
+    u, s, vt = np.linalg.svd(x_train - x_mean, full_matrices=False)
+    uty = u.T @ (y_train - y_mean)
+    xv = (x_val - x_mean) @ vt.T  # validation rows in the SVD basis
+    for a in alphas:
+        yield a, (xv * (s / (s**2 + a))) @ uty + y_mean
+
+
+def kfold(n: int, k: int = 5, seed: int = 0):
+    """Yield ``(keep, part)`` for ``k`` folds of ``n`` shuffled rows: a boolean mask of the rows
+    to fit on and the indices of the held-out fold."""
+    for part in np.array_split(np.random.default_rng(seed).permutation(n), k):
+        keep = np.ones(n, bool)
+        keep[part] = False
+        yield keep, part
+
+
 def choose_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, seed: int = 0,
                  alphas=ALPHAS) -> tuple[float, dict]:
     """Pick alpha by validation top-1 on a held-out part of the rows (rows = images)."""
@@ -26,16 +46,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, seed: 
     order = rng.permutation(len(x))
     n_val = max(2, int(round(val_fraction * len(x))))
     val, tr = order[:n_val], order[n_val:]
-    x_mean, y_mean = x[tr].mean(0), y[tr].mean(0)
-    xt, yt = x[tr] - x_mean, y[tr] - y_mean
-    # W(alpha) = V diag(s / (s^2 + alpha)) U^T Y for every alpha from one thin SVD.
-    u, s, vt = np.linalg.svd(xt, full_matrices=False)
-    uty = u.T @ yt
-    xv = (x[val] - x_mean) @ vt.T  # validation voxels in the SVD basis
-    scores = {}
-    for a in alphas:
-        pred = (xv * (s / (s**2 + a))) @ uty + y_mean
-        scores[a] = top1_full_pool(pred, y[val])[0]
+    scores = {a: top1_full_pool(pred, y[val])[0] for a, pred in ridge_path(x[tr], y[tr], x[val], alphas)}
     best = max(alphas, key=lambda a: (scores[a], a))  # ties: the stronger regularisation
     return best, {"val_top1": {f"{a:g}": v for a, v in scores.items()}, "n_val": int(n_val)}
 
@@ -60,11 +71,8 @@ def cv_mean_shift(x: np.ndarray, y: np.ndarray, alpha: float, shares, y_mean: np
     n, d = y.shape
     if n < 4 * folds or 8.0 * n * d > max_bytes:
         return None
-    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
     scores = {float(lam): [] for lam in shares}
-    for part in parts:
-        keep = np.ones(n, bool)
-        keep[part] = False
+    for keep, part in kfold(n, folds, seed):
         coef, intercept = fit_ridge(x[keep], y[keep], alpha)
         pred = x[part] @ coef.T + intercept
         for lam in scores:

@@ -560,13 +560,11 @@ def train_arrays(
         ridge_info = ridge_start(model, vox, ids, lookup, cfg, say, subjects=None if fresh else new)
     # Fine-tuning new subjects only: their own ridge (what training from scratch would keep) is a
     # step-0 candidate too, so a pretrained start never leaves a subject worse off than no
-    # pretraining; it is rebuilt (closed form) if it wins, never stored.
-    def own_ridge(v: dict, i: dict):
-        fb = build_model(cfg, n_voxels, tokens, dim, sample_targets, None, model_overrides)
-        return fb, ridge_start(fb, v, i, lookup, cfg)
+    # pretraining; if it wins, it is fitted again (closed form) on every training image, never stored.
+    def fresh_model():
+        return build_model(cfg, n_voxels, tokens, dim, sample_targets, None, model_overrides)
 
-    fallback = own_ridge if (cfg.init == "ridge_fallback" and not fresh and new
-                             and set(new) == set(subjects) and val_sets) else None
+    fallback = bool(cfg.init == "ridge_fallback" and not fresh and new and set(new) == set(subjects) and val_sets)
 
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     mp = cfg.mixed_precision
@@ -673,18 +671,19 @@ def train_arrays(
             checkpoints.save(out_dir, raw, optimizer, scheduler, {"position": position, "config": cfg.to_dict()},
                              extra=best.weights)
 
-    if fallback is not None:
+    if fallback:
         # The subject's own ridge competes unless cross-validation over all training images
         # already prefers the trunk start (53 validation images at one session cannot tell
         # 14 % from 9 % apart under the margin rule; 5 folds over 527 images can).
         cv = [ridge_info[str(s)]["cv"] for s in new]
-        trunk_wins = np.mean([c["trunk_mrr"] for c in cv]) > np.mean([c["ridge_mrr"] for c in cv])
+        trunk_mrr, ridge_mrr = (float(np.mean([c[k] for c in cv])) for k in ("trunk_mrr", "ridge_mrr"))
         say(f"pretrained start vs the new subject's own ridge, {cv[0]['folds']}-fold reciprocal rank: "
-            f"{np.mean([c['trunk_mrr'] for c in cv]):.3f} vs {np.mean([c['ridge_mrr'] for c in cv]):.3f}")
-        if trunk_wins:
-            fallback = None
-    if global_step == 0 and fallback is not None:
-        own = validate(fallback(vox, ids)[0], val_sets, lookup, "cpu", cfg.val_size)
+            f"{trunk_mrr:.3f} vs {ridge_mrr:.3f}")
+        fallback = trunk_mrr <= ridge_mrr
+    if global_step == 0 and fallback:
+        own_ridge = fresh_model()
+        ridge_start(own_ridge, vox, ids, lookup, cfg)
+        own = validate(own_ridge, val_sets, lookup, "cpu", cfg.val_size)
         if own:
             best.offer(0, own, None, tag="ridge")
             say(f"the new subject's own ridge: validation brain->image top-1 {own['mean_brain_to_image_top1']:.1%} "
@@ -694,7 +693,7 @@ def train_arrays(
         if res0:
             say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}"
                 + (" (the ridge solution, kept unless training beats it)" if start_weights else "")
-                + (" (the pretrained model)" if fallback is not None else ""))
+                + (" (the pretrained model)" if fallback else ""))
     if global_step == 0 and start_weights is not None:
         # ridge_fallback: ridge was measured (and kept as the step-0 candidate); train from random weights.
         raw.load_state_dict(start_weights)
@@ -771,8 +770,8 @@ def train_arrays(
         chosen = best.step
         if best.tag == "ridge":
             # Neither the pretrained start nor fine-tuning beat the subject's own ridge: the run
-            # is that ridge, refitted on every training image below, as from scratch.
-            raw, _ = fallback(vox, ids)
+            # is that ridge, fitted on every training image below, as from scratch.
+            raw = fresh_model()
         elif chosen != global_step:
             raw.load_state_dict(best.weights)
     summary = {
