@@ -191,7 +191,8 @@ def test_mean_shift_of_a_kept_ridge_is_cross_validated_and_applied(tmp_path, rid
     training image (0 competes and wins ties), not on the few validation images, and folded into
     the output bias: the run is ridge minus share x the training images' mean target."""
     from mindsearch.runs import open_run
-    from mindsearch.training.ridge import average_by_image, cv_mean_shift, fit_ridge
+    from mindsearch.training.encoding import choose_linear
+    from mindsearch.training.ridge import average_by_image, fit_ridge
     from mindsearch.training.trainer import MEAN_SHIFTS
 
     targets, vox, ids = _world(noise=2.0)
@@ -204,8 +205,8 @@ def test_mean_shift_of_a_kept_ridge_is_cross_validated_and_applied(tmp_path, rid
     assert share > 0 and scores[f"{share:.3f}"] == max(scores.values()) > scores["0.000"]
     x, uniq = average_by_image(vox[1], ids[1])
     y = targets[uniq].reshape(len(uniq), -1)
-    again = cv_mean_shift(x, y, 3000.0, MEAN_SHIFTS, y.mean(0), seed=0)
-    assert again["share"] == share and again["cv_mrr"] == pytest.approx(scores)
+    again = choose_linear(x, y, kinds=("ridge",), ridge_alphas=(3000.0,), shares=MEAN_SHIFTS, seed=0)
+    assert again["share"] == share and again["share_mrr"] == pytest.approx(scores)
     coef, intercept = fit_ridge(x, y, 3000.0)
     ours = open_run(tmp_path / "run").encode(x, zscore=False, outputs=("disjointed",))["disjointed"]
     np.testing.assert_allclose(ours.reshape(len(x), -1), x @ coef.T + intercept - share * y.mean(0),
@@ -213,19 +214,19 @@ def test_mean_shift_of_a_kept_ridge_is_cross_validated_and_applied(tmp_path, rid
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mean_shift_share"] == share
 
 
-def test_cv_mean_shift_ties_go_to_no_shift_and_oversize_is_refused():
+def test_cv_calibration_ties_go_to_no_shift_and_oversize_is_refused():
     """With a zero mean target every share is the same prediction, so 0 wins the tie (the
-    scores are real: a good read-out ranks most images first); a fold's predictions too large
-    for ``max_bytes`` give None (the caller then keeps no shift and says why)."""
-    from mindsearch.training.ridge import cv_mean_shift
+    scores are real: a good read-out ranks most images first); targets too large for
+    ``max_bytes`` give None (the caller then keeps no shift and says why)."""
+    from mindsearch.training.encoding import choose_linear
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((80, 20))
     y = x @ rng.standard_normal((20, 12)) + 0.1 * rng.standard_normal((80, 12))
-    res = cv_mean_shift(x, y - y.mean(0), 1e-3, (0.0, 0.5, 1.0), np.zeros(12))
+    res = choose_linear(x, y - y.mean(0), kinds=("ridge",), ridge_alphas=(1e-3,), shares=(0.0, 0.5, 1.0))
     assert res["share"] == 0.0  # y_mean = 0: every share is the same prediction, 0 wins the tie
-    assert len(set(res["cv_mrr"].values())) == 1 and res["cv_mrr"]["0.000"] > 0.5
-    assert cv_mean_shift(x, y, 1.0, (0.0, 0.5), y.mean(0), max_bytes=1000) is None
+    assert len(set(res["share_mrr"].values())) == 1 and res["share_mrr"]["0.000"] > 0.5
+    assert choose_linear(x, y, kinds=("ridge",), max_bytes=1000) is None
 
 
 def test_time_budget_caps_the_data_aware_schedule(tmp_path, ridge_preset, capsys):

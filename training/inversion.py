@@ -69,17 +69,26 @@ def trunk_inputs(model, targets: np.ndarray, lam: float = LAMBDA, iters: int = I
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden), np.float32)
 
 
+DESHRINK = (1.0, 1.5, 2.0)  # the inverted encoding model's inputs, pushed away from the mean by this
+
+
 def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_ridge: float, folds: int = 5,
-                       seed: int = 0) -> dict:
-    """Ridge from ``voxels`` (n images, V; repetitions averaged) to the trunk inputs their
-    ``targets`` ask for, alpha chosen by ``folds``-fold cross-validation of what matters: the
-    reciprocal rank of the trunk's outputs for the held-out images. The same folds score the
-    subject's own ridge (``alpha_ridge``), so ``trunk_mrr`` vs ``ridge_mrr`` is a paired
-    comparison over every training image. Returns ``a_weight`` (hidden, V), ``a_bias``,
-    ``alpha`` and the comparison for ``MindEyeModel.set_adapter`` and the trainer."""
+                       seed: int = 0, own: dict | None = None, encoding: bool = False) -> dict:
+    """A linear map from ``voxels`` (n images, V; repetitions averaged) to the trunk inputs their
+    ``targets`` ask for, chosen by ``folds``-fold cross-validation of what matters: the reciprocal
+    rank of the trunk's outputs for the held-out images. Candidates: ridge over its alphas and,
+    with ``encoding``, the inverted encoding model (``training.encoding``) over its grid, its
+    posterior-mean inputs scaled away from their mean by ``DESHRINK`` (the trunk is nonlinear, so
+    a prediction shrunk towards the mean input lands where the trunk says little).
+
+    The same folds score the subject's own linear read-out: ``own`` (``choose_linear``'s result,
+    same seed, so the same folds) or else ridge at ``alpha_ridge``; ``trunk_mrr`` vs ``ridge_mrr``
+    is a paired comparison over every training image. Returns ``a_weight`` (hidden, V),
+    ``a_bias``, the chosen candidate and the comparison for ``MindEyeModel.set_adapter``."""
     import torch
 
     from mindsearch.retrieval import reciprocal_rank
+    from mindsearch.training.encoding import EncodingModel
 
     hidden = trunk_inputs(model, targets)
     n = len(voxels)
@@ -87,21 +96,43 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
     trunk, ridge = {}, []
     was_training = model.training
     model.eval()
+
+    def score(key, h, part):
+        with torch.no_grad():
+            pred = _retrieval_output(model, torch.as_tensor(h.astype(np.float32), device=device))
+        trunk.setdefault(key, []).append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
+
     for keep, part in kfold(n, folds, seed):
-        w, b = fit_ridge(voxels[keep], targets[keep], alpha_ridge)
-        ridge.append(reciprocal_rank(voxels[part] @ w.T + b, targets[part]))
+        if own is None:
+            w, b = fit_ridge(voxels[keep], targets[keep], alpha_ridge)
+            ridge.append(reciprocal_rank(voxels[part] @ w.T + b, targets[part]))
         for a, h in ridge_path(voxels[keep], hidden[keep], voxels[part]):
-            with torch.no_grad():
-                pred = _retrieval_output(model, torch.as_tensor(h.astype(np.float32), device=device))
-            trunk.setdefault(float(a), []).append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
+            score(("ridge", float(a), None, 1.0), h, part)
+        if encoding:
+            enc = EncodingModel(voxels[keep], hidden[keep])
+            for (a, p), h in enc.path(voxels[part]):
+                for c in DESHRINK:
+                    score(("encoding", a, p, c), enc.y_mean + c * (h - enc.y_mean), part)
     model.train(was_training)
-    scores = {a: float(np.mean(v)) for a, v in trunk.items()}
-    alpha = max(scores, key=lambda a: (scores[a], a))  # ties: the stronger regularisation
-    weight, bias = fit_ridge(voxels, hidden, alpha)
-    return {"a_weight": weight, "a_bias": bias, "alpha": float(alpha), "rank": int(weight.shape[0]),
-            "start": "trunk inversion", "cv": {"trunk_mrr": scores[alpha], "ridge_mrr": float(np.mean(ridge)),
-                                               "folds": folds, "n_images": n,
-                                               "trunk_mrr_by_alpha": {f"{a:g}": v for a, v in scores.items()}}}
+    scores = {k: float(np.mean(v)) for k, v in trunk.items()}
+    best = max(scores, key=lambda k: (scores[k], k[0] == "ridge", k[1]))  # ties: ridge, stronger regularisation
+    kind, alpha, prior, c = best
+    if kind == "ridge":
+        weight, bias = fit_ridge(voxels, hidden, alpha)
+        how = f"ridge to the trunk inputs (alpha {alpha:g})"
+    else:
+        from mindsearch.training.encoding import encoding_factors
+
+        m, vt, x_mean, h_mean = encoding_factors(voxels, hidden, alpha, prior)
+        weight = c * (m @ vt)
+        bias = h_mean - weight @ x_mean
+        how = f"the inverted encoding model to the trunk inputs (alpha {alpha:g}, prior {prior:g}, x{c:g})"
+    own_mrr = own["cv_mrr"] if own is not None else float(np.mean(ridge))
+    return {"a_weight": weight.astype(np.float32), "a_bias": bias.astype(np.float32), "alpha": float(alpha),
+            "rank": int(weight.shape[0]), "start": "trunk inversion", "how": how,
+            "cv": {"trunk_mrr": scores[best], "ridge_mrr": own_mrr, "own": (own or {}).get("kind", "ridge"),
+                   "folds": folds, "n_images": n, "candidate": [kind, alpha, prior, c],
+                   "trunk_mrr_by_candidate": {"/".join(map(str, k)): v for k, v in scores.items()}}}
 
 
 def input_statistics(model, vox: dict, ids: dict, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mindsearch.errors import MindsearchError
-from mindsearch.retrieval import reciprocal_rank, top1_full_pool
+from mindsearch.retrieval import top1_full_pool
 
 ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
 
@@ -59,29 +59,6 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float):
     return model.coef_.astype(np.float32), np.asarray(model.intercept_, np.float32)
 
 
-def cv_mean_shift(x: np.ndarray, y: np.ndarray, alpha: float, shares, y_mean: np.ndarray, folds: int = 5,
-                  seed: int = 0, max_bytes: float = 2**31) -> dict | None:
-    """The output calibration of a kept ridge read-out (``trainer.calibrate_mean_shift``'s
-    choice) by ``folds``-fold cross-validation over every training image instead of the few
-    dozen validation images: ridge (``alpha``) refitted without each fold predicts it, and each
-    share of ``y_mean`` subtracted is scored by the folds' mean reciprocal rank. On ``standard``
-    at 1-3 sessions the validation images (53-138) chose no shift where the 5 folds choose
-    0.5-0.8 (+1.9 to +2.5 points brain->image on test). None when the predictions of one fold
-    would not fit in ``max_bytes`` or there are too few images; 0 competes and wins ties."""
-    n, d = y.shape
-    if n < 4 * folds or 8.0 * n * d > max_bytes:
-        return None
-    scores = {float(lam): [] for lam in shares}
-    for keep, part in kfold(n, folds, seed):
-        coef, intercept = fit_ridge(x[keep], y[keep], alpha)
-        pred = x[part] @ coef.T + intercept
-        for lam in scores:
-            scores[lam].append(reciprocal_rank(pred - lam * y_mean, y[part]))
-    mean = {lam: float(np.mean(v)) for lam, v in scores.items()}
-    best = max(mean, key=lambda lam: (mean[lam], -lam))
-    return {"share": best, "cv_mrr": {f"{lam:.3f}": v for lam, v in mean.items()}, "folds": folds, "n_images": n}
-
-
 def average_by_image(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of each image's rows (Brain-Diffuser averages repetitions before fitting) and the ids."""
     uniq, inv = np.unique(np.asarray(ids), return_inverse=True)
@@ -90,20 +67,32 @@ def average_by_image(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return (sums / np.bincount(inv)[:, None]).astype(np.float32), uniq
 
 
-def linear_start(x: np.ndarray, y: np.ndarray, rank: int, alpha: float | None = None, seed: int = 0) -> dict:
-    """Ridge from ``x`` (n, V) to flattened ``y`` (n, T*D), factored as ``W ~ B A`` of rank <= ``rank``
-    (the truncated SVD of the ridge solution: exact when the solution's rank, at most n, fits), for
-    ``MindEyeModel.start_linear``. ``alpha`` is chosen on held-out rows (``choose_alpha``) when None.
+def linear_start(x: np.ndarray, y: np.ndarray, rank: int, alpha: float | None = None, seed: int = 0,
+                 choice: dict | None = None) -> dict:
+    """A linear read-out from ``x`` (n, V) to flattened ``y`` (n, T*D), factored as ``W ~ B A`` of
+    rank <= ``rank`` (the truncated SVD of the solution: exact when its rank, at most n, fits), for
+    ``MindEyeModel.start_linear``. Ridge with ``alpha`` (chosen on held-out rows by ``choose_alpha``
+    when None), or what ``choice`` (``training.encoding.choose_linear``) names: ridge at its alpha
+    or the inverted encoding model at its (alpha, prior).
 
-    Closed form through the thin SVD of the centred voxels ``X = U S Vt``: ``W = Yc' U diag(s/(s^2+a)) Vt``
-    (sklearn's ``Ridge(fit_intercept=True)``), so only an (n x T*D) matrix is decomposed."""
+    Both solutions have the form ``W = m @ vt`` with ``m`` (T*D, r) and orthonormal rows ``vt``
+    (r, V), r <= n, so only a (T*D x n) matrix is decomposed; ridge's comes from the thin SVD of
+    the centred voxels ``X = U S Vt``: ``m = Yc' U diag(s/(s^2+a))`` (sklearn's ``Ridge(fit_intercept=True)``)."""
     info = {}
-    if alpha is None:
-        alpha, info = choose_alpha(x, y, seed=seed)
+    kind = (choice or {}).get("kind", "ridge")
+    if choice is not None:
+        alpha = choice["alpha"]
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    x_mean, y_mean = x64.mean(0), y64.mean(0)
-    u, s, vt = np.linalg.svd(x64 - x_mean, full_matrices=False)
-    m = (y64 - y_mean).T @ (u * (s / (s**2 + alpha)))  # (T*D, n): W = m @ vt
+    if kind == "encoding":
+        from mindsearch.training.encoding import encoding_factors
+
+        m, vt, x_mean, y_mean = encoding_factors(x64, y64, choice["alpha"], choice["prior"])
+    else:
+        if alpha is None:
+            alpha, info = choose_alpha(x, y, seed=seed)
+        x_mean, y_mean = x64.mean(0), y64.mean(0)
+        u, s, vt = np.linalg.svd(x64 - x_mean, full_matrices=False)
+        m = (y64 - y_mean).T @ (u * (s / (s**2 + alpha)))
     p, sig, qt = np.linalg.svd(m, full_matrices=False)
     k = int(min(rank, int((sig > sig[0] * 1e-7).sum()) if len(sig) and sig[0] > 0 else 0))
     root = np.sqrt(sig[:k])
@@ -111,7 +100,7 @@ def linear_start(x: np.ndarray, y: np.ndarray, rank: int, alpha: float | None = 
     intercept = y_mean - coef @ x_mean
     return {"a_weight": (root[:, None] * (qt[:k] @ vt)).astype(np.float32), "a_bias": np.zeros(k, np.float32),
             "b_weight": (p[:, :k] * root).astype(np.float32), "b_bias": intercept.astype(np.float32),
-            "coef": coef.astype(np.float32), "alpha": float(alpha), "rank": k,
+            "coef": coef.astype(np.float32), "alpha": float(alpha), "rank": k, "kind": kind,
             "energy_kept": float((sig[:k] ** 2).sum() / max((sig ** 2).sum(), 1e-30)), "alpha_search": info}
 
 

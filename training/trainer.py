@@ -79,6 +79,9 @@ class TrainConfig:
     # "ridge_fallback": start from random weights, the ridge solution competing as step 0 (kept when no
     # trained step beats it on validation); fine-tuning a trained model behaves as "ridge"
     ridge_alpha: float | None = None  # ridge start: None = chosen on held-out training images
+    # "ridge": the linear start is ridge; "auto": ridge or the inverted encoding model
+    # (training/encoding.py), whichever k-fold cross-validation over the training images prefers
+    linear_start: str = "ridge"
     linear_lr_scale: float = 0.1  # ridge start: the linear path (adapters, output linear) trains at lr x this
     accumulate: int = 1
     device: str = "auto"  # auto | cpu | cuda
@@ -102,6 +105,8 @@ class TrainConfig:
             raise MindsearchError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.init not in INITS:
             raise MindsearchError(f"unknown init {self.init!r} (choose from {', '.join(INITS)})")
+        if self.linear_start not in ("ridge", "auto"):
+            raise MindsearchError(f"linear_start must be ridge or auto, got {self.linear_start!r}")
         if self.select not in ("best", "last"):
             raise MindsearchError(f"select must be best or last, got {self.select!r}")
         if (self.epochs is not None and self.epochs < 1) or (self.steps is not None and self.steps < 1) \
@@ -211,12 +216,35 @@ def build_model(cfg: TrainConfig, n_voxels: dict, tokens: int, dim: int, sample_
     return model
 
 
+def _choose_start(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, shares=None) -> dict | None:
+    """``cfg.linear_start="auto"``: ridge vs the inverted encoding model by k-fold CV over these
+    images (``training.encoding.choose_linear``); None for a ridge start, or when too large."""
+    if cfg.linear_start != "auto":
+        return None
+    from mindsearch.training.encoding import SHARES, choose_linear
+
+    alphas = {"ridge_alphas": (cfg.ridge_alpha,)} if cfg.ridge_alpha else {}
+    return choose_linear(x, y, seed=cfg.seed, shares=shares or SHARES, **alphas)
+
+
+def _start_line(s, info: dict) -> str:
+    c = info.get("choice")
+    if not c:
+        return f"ridge start, subject {s}: alpha {info['alpha']:g}, rank {info['rank']}"
+    what = "the inverted encoding model" if c["kind"] == "encoding" else "ridge"
+    other = ", ".join(f"{k} {v:.3f}" for k, v in c["cv_mrr_by_kind"].items())
+    return (f"linear start, subject {s}: {what} (alpha {c['alpha']:g}"
+            + (f", prior {c['prior']:g}" if c["prior"] is not None else "")
+            + f"), rank {info['rank']}; {c['folds']}-fold reciprocal rank {other}")
+
+
 def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None, subjects=None) -> dict:
-    """Set a new model to the ridge solution of its first subject (factored through the hidden
-    width) and the other subjects' adapters to their ridge maps under the shared read-out. On a
-    trained model (fine-tuning) only ``subjects`` (the new ones) get adapters: ridge to the
-    trunk inputs their training images ask for (``training.inversion``). Ridge sees each
-    image's trials averaged, as the ridge baseline does."""
+    """Set a new model to the linear start of its first subject (ridge, or with
+    ``cfg.linear_start="auto"`` the cross-validated best of ridge and the inverted encoding model;
+    factored through the hidden width) and the other subjects' adapters to their own linear
+    starts under the shared read-out. On a trained model (fine-tuning) only ``subjects`` (the new
+    ones) get adapters: a linear map to the trunk inputs their training images ask for
+    (``training.inversion``). Each image's trials are averaged first, as the ridge baseline does."""
     from mindsearch.training.ridge import adapter_for, average_by_image, linear_start
 
     info = {}
@@ -227,28 +255,33 @@ def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None,
         if subjects is not None:
             # A trained trunk: the adapter maps to the inputs the trunk wants for these images.
             from mindsearch.training.inversion import adapter_from_trunk
-
             from mindsearch.training.ridge import choose_alpha
 
+            choice = _choose_start(x, y, cfg)
             own = adapter_from_trunk(model, x, y, cfg.ridge_alpha or choose_alpha(x, y, seed=cfg.seed)[0],
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, own=choice, encoding=cfg.linear_start == "auto")
             model.set_adapter(s, own["a_weight"], own["a_bias"])
             info[str(s)] = {k: own[k] for k in ("alpha", "rank", "start", "cv")}
-        elif shared is None:
-            shared = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed)
+            if say:
+                say(f"trunk start, subject {s}: {own['how']}, rank {own['rank']}")
+            continue
+        choice = _choose_start(x, y, cfg)
+        fit = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed, choice=choice)
+        if shared is None:
+            shared = fit
             # Balance the factors so the hidden activations have unit RMS, as a trained trunk's do:
             # the residual blocks' corrections are then relative to a signal of known size.
             rms = float(np.sqrt(np.mean((x @ shared["a_weight"].T) ** 2))) or 1.0
             shared["a_weight"], shared["b_weight"] = shared["a_weight"] / rms, shared["b_weight"] * rms
             model.start_linear(s, shared["a_weight"], shared["a_bias"], shared["b_weight"], shared["b_bias"])
-            info[str(s)] = {k: shared[k] for k in ("alpha", "rank", "energy_kept")}
+            info[str(s)] = {k: shared[k] for k in ("alpha", "rank", "energy_kept", "kind")}
         else:
-            own = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed)
-            a, b = adapter_for(own["coef"], own["b_bias"], shared["b_weight"], shared["b_bias"])
+            a, b = adapter_for(fit["coef"], fit["b_bias"], shared["b_weight"], shared["b_bias"])
             model.set_adapter(s, a, b)
-            info[str(s)] = {"alpha": own["alpha"], "rank": int(a.shape[0])}
+            info[str(s)] = {"alpha": fit["alpha"], "rank": int(a.shape[0]), "kind": fit["kind"]}
+        info[str(s)]["choice"] = choice
         if say:
-            say(f"ridge start, subject {s}: alpha {info[str(s)]['alpha']:g}, rank {info[str(s)]['rank']}")
+            say(_start_line(s, info[str(s)]))
     return info
 
 
@@ -431,24 +464,29 @@ def calibrate_mean_shift(model, val: dict, lookup, y_mean: np.ndarray, device, s
             "val_top1": {f"{lam:.3f}": v[1] for lam, v in scores.items()}}
 
 
-def _ridge_cv_shift(vox: dict, ids: dict, lookup, fitted: dict, y_mean: np.ndarray, cfg: TrainConfig) -> dict:
-    """``calibrate_mean_shift``'s choice for a kept ridge read-out, by k-fold cross-validation
-    of each subject's ridge (its fitted alpha) over all its training images, folds' reciprocal
-    ranks averaged over subjects."""
-    from mindsearch.training.ridge import average_by_image, cv_mean_shift
+def _kept_start_shift(vox: dict, ids: dict, lookup, fitted: dict, cfg: TrainConfig) -> dict:
+    """``calibrate_mean_shift``'s choice for a kept linear start, by k-fold cross-validation over
+    every training image of each subject (``training.encoding.choose_linear``: already done with
+    ``linear_start="auto"``; for a ridge start, ridge at its fitted alpha), the folds' reciprocal
+    ranks averaged over subjects, since the subjects share one output bias."""
+    from mindsearch.training.encoding import choose_linear
+    from mindsearch.training.ridge import average_by_image
 
     per_subject = []
     for s in sorted(vox):
-        x, uniq = average_by_image(np.asarray(vox[s], np.float32), ids[s])
-        res = cv_mean_shift(x, lookup(uniq).reshape(len(uniq), -1), fitted[str(s)]["alpha"], MEAN_SHIFTS,
-                            y_mean, seed=cfg.seed)
-        if res is None:
+        c = fitted[str(s)].get("choice")
+        if c is None:
+            x, uniq = average_by_image(np.asarray(vox[s], np.float32), ids[s])
+            c = choose_linear(x, lookup(uniq).reshape(len(uniq), -1), kinds=("ridge",),
+                              ridge_alphas=(fitted[str(s)]["alpha"],), shares=MEAN_SHIFTS, seed=cfg.seed)
+        if c is None:
             return {"share": 0.0, "reason": "too many images x target values to cross-validate the calibration"}
-        per_subject.append(res)
-    mrr = {k: float(np.mean([r["cv_mrr"][k] for r in per_subject])) for k in per_subject[0]["cv_mrr"]}
+        per_subject.append(c)
+    keys = set.intersection(*(set(c["share_mrr"]) for c in per_subject))
+    mrr = {k: float(np.mean([c["share_mrr"][k] for c in per_subject])) for k in sorted(keys)}
     best = max(mrr, key=lambda k: (mrr[k], -float(k)))
     return {"share": float(best), "cv_mrr": mrr, "folds": per_subject[0]["folds"],
-            "n_images": int(sum(r["n_images"] for r in per_subject))}
+            "n_images": int(sum(c["n_images"] for c in per_subject))}
 
 
 def _epoch_line(record: dict) -> str:
@@ -677,7 +715,7 @@ def train_arrays(
         # 14 % from 9 % apart under the margin rule; 5 folds over 527 images can).
         cv = [ridge_info[str(s)]["cv"] for s in new]
         trunk_mrr, ridge_mrr = (float(np.mean([c[k] for c in cv])) for k in ("trunk_mrr", "ridge_mrr"))
-        say(f"pretrained start vs the new subject's own ridge, {cv[0]['folds']}-fold reciprocal rank: "
+        say(f"pretrained start vs the new subject's own {cv[0]['own']} read-out, {cv[0]['folds']}-fold reciprocal rank: "
             f"{trunk_mrr:.3f} vs {ridge_mrr:.3f}")
         fallback = trunk_mrr <= ridge_mrr
     if global_step == 0 and fallback:
@@ -686,13 +724,13 @@ def train_arrays(
         own = validate(own_ridge, val_sets, lookup, "cpu", cfg.val_size)
         if own:
             best.offer(0, own, None, tag="ridge")
-            say(f"the new subject's own ridge: validation brain->image top-1 {own['mean_brain_to_image_top1']:.1%} "
+            say(f"the new subject's own linear read-out: validation brain->image top-1 {own['mean_brain_to_image_top1']:.1%} "
                 "(kept unless the pretrained model beats it)")
     if global_step == 0 and val_sets:
         res0 = evaluate_and_select(0)  # where training starts; a ridge start must be beaten to be left
         if res0:
             say(f"step 0: validation brain->image top-1 {res0['mean_brain_to_image_top1']:.1%}"
-                + (" (the ridge solution, kept unless training beats it)" if start_weights else "")
+                + (" (the linear start, kept unless training beats it)" if start_weights else "")
                 + (" (the pretrained model)" if fallback else ""))
     if global_step == 0 and start_weights is not None:
         # ridge_fallback: ridge was measured (and kept as the step-0 candidate); train from random weights.
@@ -814,7 +852,7 @@ def train_arrays(
         summary["ridge_start"] = ridge_start(raw, every_vox, every_ids, lookup, cfg, say)
         summary["ridge_refit_on_all_images"] = True
         if y_mean is not None:
-            shift = _ridge_cv_shift(every_vox, every_ids, lookup, summary["ridge_start"], y_mean, cfg)
+            shift = _kept_start_shift(every_vox, every_ids, lookup, summary["ridge_start"], cfg)
     elif y_mean is not None:
         shift = calibrate_mean_shift(raw, val_sets, lookup, y_mean, device, cfg.val_size)
     if shift is not None:
