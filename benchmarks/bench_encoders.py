@@ -161,11 +161,11 @@ def score(work: Path, name: str, data: Path, averages=("betas", "outputs"), hubn
 
 
 def semireal(work: Path, preset: str = "cpu", steps: int | None = None, seed: int = 0, n_voxels: int = 3000,
-             subject: int = 1) -> dict:
+             subject: int = 1, train_images: int = 700) -> dict:
     """Real MiniLM caption embeddings (one 384-d token per image) seen by simulated voxels: a random
     two-layer feature map of the embedding, each voxel's signal scaled to a real NSD ncsnr, unit
-    noise. Ridge and the encoder train on 700 images x 3 trials and are scored on 300 test images
-    (repetitions averaged) in 300 x 30, with CSLS beside."""
+    noise. Ridge and the encoder train on ``train_images`` (at most 700) images x 3 trials and are
+    scored on the other 300 images (repetitions averaged) in 300 x 30, with CSLS beside."""
     import ast
     import csv
 
@@ -195,7 +195,7 @@ def semireal(work: Path, preset: str = "cpu", steps: int | None = None, seed: in
     signal = (signal - signal.mean(0)) / signal.std(0)
     ncsnr, source = draw(rng, n_voxels, subject)
     order = rng.permutation(n_img)
-    train_img, test_img = order[:700], order[700:]
+    train_img, test_img = order[:min(train_images, 700)], order[700:]
 
     def trials(images, reps=3):
         ids = np.repeat(images, reps)
@@ -206,7 +206,8 @@ def semireal(work: Path, preset: str = "cpu", steps: int | None = None, seed: in
     mu, sd = xtr.mean(0), xtr.std(0)
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     xte_avg, te_ids = average_by_image(xte, ite)
-    res = {"ncsnr_source": source, "ncsnr_median": float(np.median(ncsnr)), "n_train_trials": len(itr)}
+    res = {"ncsnr_source": source, "ncsnr_median": float(np.median(ncsnr)), "n_train_trials": len(itr),
+           "n_train_images": len(train_img)}
     xa, ia = average_by_image(xtr, itr)
     alpha, _ = choose_alpha(xa, targets[ia].reshape(len(ia), -1), seed=seed)
     coef, icpt = fit_ridge(xa, targets[ia].reshape(len(ia), -1), alpha)
@@ -217,10 +218,11 @@ def semireal(work: Path, preset: str = "cpu", steps: int | None = None, seed: in
         res[name] = s
     t0 = time.perf_counter()
     cfg = TrainConfig.for_preset(preset, seed=seed, device="cpu", **({"steps": steps} if steps else {}))
-    summary = train_arrays({subject: xtr}, {subject: itr}, targets, cfg, work / "semireal-encoder", progress=True)
+    where = work / f"semireal-encoder-{len(train_img)}"
+    summary = train_arrays({subject: xtr}, {subject: itr}, targets, cfg, where, progress=True)
     from mindsearch.runs import open_run
 
-    run = open_run(work / "semireal-encoder")
+    run = open_run(where)
     enc = lambda x: run.encode(x, zscore=False, outputs=("disjointed",))["disjointed"]  # noqa: E731
     s = retrieval_scores(enc(xte_avg), targets[te_ids])
     s["csls"] = csls_scores(enc(xte_avg), targets[te_ids], enc(xa), targets[ia])
@@ -246,6 +248,8 @@ def main(argv=None) -> int:
                     help="Subjects the regimes part pretrains on (default: every other subject; '' = none).")
     ap.add_argument("--regime-sessions", default=",".join(map(str, REGIME_SESSIONS)),
                     help="Session counts of the regimes part (all sessions is always added).")
+    ap.add_argument("--semireal-images", default="700,100",
+                    help="Training images of the semi-real case (comma list, each <= 700).")
     ap.add_argument("--jobs", type=int, default=2, help="Runs trained at once (each with --threads threads).")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("bench_encoders_runs"))
@@ -294,8 +298,12 @@ def main(argv=None) -> int:
         return rec
 
     if "semireal" in parts:
-        results["semireal"] = semireal(args.work, args.regime_preset, args.regime_steps)
-        _save(results, args.out)
+        for n in (int(v) for v in args.semireal_images.split(",")):
+            res = semireal(args.work, args.regime_preset, args.regime_steps, train_images=n)
+            results.setdefault("semireal_by_images", {})[str(n)] = res
+            if n == 700:
+                results["semireal"] = res
+            _save(results, args.out)
     # Longest first (pretraining on several subjects), so two workers finish together.
     first = sorted((j for j in jobs if "after" not in j), key=lambda j: not j["name"].endswith("pretrain"))
     later = [j for j in jobs if "after" in j]

@@ -130,9 +130,10 @@ def render_table(results) -> str:
     if regimes:
         lines += ["", "regimes (top-1 % in 300 x 30, betas averaged; CSLS reported beside the protocol):"]
         lines += _fmt_rows(REGIME_HEADER, regimes)
-    semi = results.get("semireal")
-    if semi:
-        lines += ["", f"semi-real (MiniLM caption embeddings, real ncsnr, median {semi['ncsnr_median']:.2f}):"]
+    semis = results.get("semireal_by_images") or ({"700": results["semireal"]} if results.get("semireal") else {})
+    for n, semi in semis.items():
+        lines += ["", f"semi-real, {semi.get('n_train_images', n)} training images x 3 (MiniLM caption embeddings, "
+                  f"real ncsnr, median {semi['ncsnr_median']:.2f}):"]
         for name in ("ridge", "encoder"):
             if name in semi:
                 r = semi[name]

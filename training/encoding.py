@@ -95,7 +95,8 @@ def choose_linear(x: np.ndarray, y: np.ndarray, *, kinds=("ridge", "encoding"), 
     its grid, each with each share of the mean target subtracted (the outputs' calibration
     against hubness; 0 wins ties). Returns the winner (``kind``, ``alpha``, ``prior``, ``share``),
     its per-share reciprocal ranks (``share_mrr``: several subjects under one output bias
-    average them) and the best score of each kind. None when the targets in float64 would not fit
+    average them), its score in each fold (``fold_mrr``, for paired comparisons on the same
+    folds) and the best score of each kind. None when the targets in float64 would not fit
     in ``max_bytes`` or there are too few images for the folds (the caller then says why)."""
     n = len(x)
     if n < 4 * folds or 8.0 * n * np.asarray(y).shape[1] > max_bytes:
@@ -120,6 +121,7 @@ def choose_linear(x: np.ndarray, y: np.ndarray, *, kinds=("ridge", "encoding"), 
     kind, alpha, prior, share = best
     by_kind = {kd: max(v for k, v in mean.items() if k[0] == kd) for kd in kinds}
     return {"kind": kind, "alpha": float(alpha), "prior": prior, "share": share, "cv_mrr": mean[best],
+            "fold_mrr": list(scores[best]),
             "share_mrr": {f"{k[3]:.3f}": v for k, v in mean.items() if k[:3] == best[:3]},
             "cv_mrr_by_kind": by_kind, "folds": folds, "n_images": n}
 

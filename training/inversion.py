@@ -127,10 +127,11 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
         weight = c * (m @ vt)
         bias = h_mean - weight @ x_mean
         how = f"the inverted encoding model to the trunk inputs (alpha {alpha:g}, prior {prior:g}, x{c:g})"
-    own_mrr = own["cv_mrr"] if own is not None else float(np.mean(ridge))
+    own_folds = list(own["fold_mrr"]) if own is not None else ridge
     return {"a_weight": weight.astype(np.float32), "a_bias": bias.astype(np.float32), "alpha": float(alpha),
             "rank": int(weight.shape[0]), "start": "trunk inversion", "how": how,
-            "cv": {"trunk_mrr": scores[best], "ridge_mrr": own_mrr, "own": (own or {}).get("kind", "ridge"),
+            "cv": {"trunk_mrr": scores[best], "ridge_mrr": float(np.mean(own_folds)), "trunk_folds": trunk[best],
+                   "own_folds": own_folds, "own": (own or {}).get("kind", "ridge"),
                    "folds": folds, "n_images": n, "candidate": [kind, alpha, prior, c],
                    "trunk_mrr_by_candidate": {"/".join(map(str, k)): v for k, v in scores.items()}}}
 
