@@ -100,10 +100,10 @@ pytest.importorskip("accelerate")
 
 
 def test_the_default_encoder_starts_from_and_keeps_the_cross_validated_linear_read_out(tmp_path):
-    """``linear_start="auto"`` with ``ridge_fallback`` (the ``cpu`` preset's settings; hidden >= images, so
-    the start is exact): step 0 is
-    the inverted encoding model, training that cannot learn (lr ~ 0) does not replace it, and the
-    run is that decoder refitted on every training image, its calibration from the same folds."""
+    """``linear_start="auto"`` with ``ridge_fallback`` (the ``cpu`` preset's settings; hidden >=
+    images, so the factored start is exact): step 0 is the inverted encoding model, training that
+    cannot learn (lr ~ 0) does not replace it, and the run is that decoder refitted on every
+    training image, its calibration from the same folds."""
     from mindsearch.runs import open_run
     from mindsearch.training.trainer import TrainConfig, train_arrays
 
