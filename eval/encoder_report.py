@@ -107,6 +107,23 @@ def regime_rows(results) -> list[list[str]]:
     return rows
 
 
+SEMIREAL_HEADER = ["training images x 3", "model", "b→i", "i→b", "CSLS b→i", "CSLS i→b"]
+
+
+def semireal_rows(results) -> list[list[str]]:
+    """One row per (training-image count, ridge or encoder) of the semi-real case."""
+    semis = results.get("semireal_by_images") or ({"700": results["semireal"]} if results.get("semireal") else {})
+    rows = []
+    for n, semi in semis.items():
+        for name in ("ridge", "encoder"):
+            if name in semi:
+                r = semi[name]
+                rows.append([str(semi.get("n_train_images", n)), name, _pct(r["brain_to_image_top1"]),
+                             _pct(r["image_to_brain_top1"]), _pct(r["csls"]["brain_to_image_top1"]),
+                             _pct(r["csls"]["image_to_brain_top1"])])
+    return rows
+
+
 def _fmt_rows(header, rows) -> list[str]:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
@@ -130,16 +147,10 @@ def render_table(results) -> str:
     if regimes:
         lines += ["", "regimes (top-1 % in 300 x 30, betas averaged; CSLS reported beside the protocol):"]
         lines += _fmt_rows(REGIME_HEADER, regimes)
-    semis = results.get("semireal_by_images") or ({"700": results["semireal"]} if results.get("semireal") else {})
-    for n, semi in semis.items():
-        lines += ["", f"semi-real, {semi.get('n_train_images', n)} training images x 3 (MiniLM caption embeddings, "
-                  f"real ncsnr, median {semi['ncsnr_median']:.2f}):"]
-        for name in ("ridge", "encoder"):
-            if name in semi:
-                r = semi[name]
-                lines.append(f"  {name:8s} b→i {_pct(r['brain_to_image_top1'])}  i→b {_pct(r['image_to_brain_top1'])}"
-                             f"  CSLS b→i {_pct(r['csls']['brain_to_image_top1'])}  i→b "
-                             f"{_pct(r['csls']['image_to_brain_top1'])}")
+    semis = semireal_rows(results)
+    if semis:
+        lines += ["", "semi-real (MiniLM caption embeddings, simulated voxels with real ncsnr; top-1 % in 300 x 30):"]
+        lines += _fmt_rows(SEMIREAL_HEADER, semis)
     return "\n".join(lines)
 
 
@@ -184,21 +195,31 @@ def _curve_html(results) -> str:
     return f"<h2>Learning curve</h2>\n{svg}" if svg else ""
 
 
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def _regime_html(results) -> str:
     rows = regime_rows(results)
     if not rows:
         return ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in REGIME_HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     preset = html.escape(str(results.get("regime_preset", "cpu")))
     return (f"<h2>Regimes</h2><p class=\"note\">Encoders: preset {preset}. CSLS: hubness-corrected, "
-            f"reference bank = training-split embeddings.</p><table><tr>{head}</tr>{body}</table>")
+            f"reference bank = training-split embeddings.</p>{_html_table(REGIME_HEADER, rows)}")
+
+
+def _semireal_html(results) -> str:
+    rows = semireal_rows(results)
+    if not rows:
+        return ""
+    return ("<h2>Semi-real case</h2><p class=\"note\">MiniLM caption embeddings of the shared 1,000 images seen "
+            "by simulated voxels with NSD's real ncsnr; 300 test images, repetitions averaged.</p>"
+            + _html_table(SEMIREAL_HEADER, rows))
 
 
 def render_html(results) -> str:
-    rows = table_rows(results)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     machine = results.get("machine", {})
     load = lambda v: "?" if not v else "/".join(f"{x:.1f}" for x in v)  # noqa: E731
     pool = next((min(300, r["scores"]["betas"]["n"]) for r in results["runs"].values()), 300)
@@ -212,8 +233,9 @@ th{{background:#f4f4f4}} .note{{color:#555}}</style></head><body>
 (the search direction), i→b = image→brain (MindEye code's "fwd"). ± is the 95% interval over loops.
 Machine: {machine.get('cpus')} CPUs, load average (1/5/15 min) {load(machine.get('load_before'))} before,
 {load(machine.get('load_after'))} after. Runs trained two at a time, one thread each.</p>
-<table><tr>{head}</tr>{body}</table>
+{_html_table(HEADER, table_rows(results))}
 {_curve_html(results)}
 {_regime_html(results)}
+{_semireal_html(results)}
 </body></html>
 """

@@ -58,3 +58,17 @@ def test_regimes_plan_and_table():
                         "regime-ridge-all": run(0.2)}}
     rows = regime_rows(results)
     assert rows[0] == ["1", "10.0", "20.0", "-", "25.0", "10.0", "30.0", "99.0"] and rows[1][0] == "all"
+
+
+def test_semireal_rows_reach_the_text_and_the_page():
+    def scores(b2i, i2b):
+        return {"brain_to_image_top1": b2i, "image_to_brain_top1": i2b,
+                "csls": {"brain_to_image_top1": b2i - 0.01, "image_to_brain_top1": i2b + 0.01}}
+
+    semi = {"100": {"n_train_images": 100, "ncsnr_median": 0.42, "ridge": scores(0.577, 0.98),
+                    "encoder": scores(0.993, 0.94)}}
+    results = {"parts": ["semireal"], "runs": {}, "machine": {}, "semireal_by_images": semi}
+    text = render_table(results)
+    assert "semi-real" in text and "57.7" in text and "99.3" in text and "98.3" in text
+    page = render_html(results)
+    assert "Semi-real case" in page and "<td>99.3</td>" in page and "<td>56.7</td>" in page
