@@ -1,5 +1,5 @@
 """Enrolling a new subject under a trained trunk: the trunk's input for each training image,
-then ridge from the subject's voxels to it.
+then a linear map (ridge or the inverted encoding model) from the subject's voxels to it.
 
 A pretrained model is ``adapter_s`` (linear, per subject) followed by the shared trunk
 (residual blocks, output linear, projector). A new subject with one session has too few trials
@@ -9,8 +9,8 @@ pretrained start scores below the subject's own ridge. Instead we ask the trunk 
 wants for each training image:
     h_i = argmin_h 1 - cos(trunk(h), y_i) + lam * mean(((h - m) / s)^2)
 by Adam from h = m, where m and s are the mean and sd of the trunk's inputs over its training
-images (``Backbone.input_mean``/``input_std``, stored with the run), and fit the adapter by
-closed-form ridge from averaged voxels to those ``h_i``. Everything after the adapter stays the
+images (``Backbone.input_mean``/``input_std``, stored with the run), and fit the adapter in
+closed form from averaged voxels to those ``h_i``. Everything after the adapter stays the
 pretrained model's, so the subject gets the trunk's nonlinear read-out from its first session.
 
 Measured on ``standard`` (pretrained on subjects 2, 5, 7 for 4,000 steps; subject 1's first
@@ -72,8 +72,8 @@ def trunk_inputs(model, targets: np.ndarray, lam: float = LAMBDA, iters: int = I
 DESHRINK = (1.0, 1.5, 2.0)  # the inverted encoding model's inputs, pushed away from the mean by this
 
 
-def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_ridge: float, folds: int = 5,
-                       seed: int = 0, own: dict | None = None, encoding: bool = False) -> dict:
+def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, own: dict | None, folds: int = 5,
+                       seed: int = 0, encoding: bool = False) -> dict:
     """A linear map from ``voxels`` (n images, V; repetitions averaged) to the trunk inputs their
     ``targets`` ask for, chosen by ``folds``-fold cross-validation of what matters: the reciprocal
     rank of the trunk's outputs for the held-out images. Candidates: ridge over its alphas and,
@@ -81,10 +81,11 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
     posterior-mean inputs scaled away from their mean by ``DESHRINK`` (the trunk is nonlinear, so
     a prediction shrunk towards the mean input lands where the trunk says little).
 
-    The same folds score the subject's own linear read-out: ``own`` (``choose_linear``'s result,
-    same seed, so the same folds) or else ridge at ``alpha_ridge``; ``trunk_mrr`` vs ``ridge_mrr``
-    is a paired comparison over every training image. Returns ``a_weight`` (hidden, V),
-    ``a_bias``, the chosen candidate and the comparison for ``MindEyeModel.set_adapter``."""
+    ``own`` is the subject's own linear read-out as ``choose_linear`` scored it (same ``folds``
+    and ``seed``, so the same folds): ``trunk_folds`` vs ``own_folds`` is a paired comparison over
+    every training image (None when ``own`` is: too large to cross-validate). Returns
+    ``a_weight`` (hidden, V), ``a_bias``, the chosen candidate and the comparison for
+    ``MindEyeModel.set_adapter``."""
     import torch
 
     from mindsearch.retrieval import reciprocal_rank
@@ -93,7 +94,7 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
     hidden = trunk_inputs(model, targets)
     n = len(voxels)
     device = next(model.parameters()).device
-    trunk, ridge = {}, []
+    trunk = {}
     was_training = model.training
     model.eval()
 
@@ -103,9 +104,6 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
         trunk.setdefault(key, []).append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
 
     for keep, part in kfold(n, folds, seed):
-        if own is None:
-            w, b = fit_ridge(voxels[keep], targets[keep], alpha_ridge)
-            ridge.append(reciprocal_rank(voxels[part] @ w.T + b, targets[part]))
         for a, h in ridge_path(voxels[keep], hidden[keep], voxels[part]):
             score(("ridge", float(a), None, 1.0), h, part)
         if encoding:
@@ -127,10 +125,10 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, alpha_rid
         weight = c * (m @ vt)
         bias = h_mean - weight @ x_mean
         how = f"the inverted encoding model to the trunk inputs (alpha {alpha:g}, prior {prior:g}, x{c:g})"
-    own_folds = list(own["fold_mrr"]) if own is not None else ridge
+    own_folds = list(own["fold_mrr"]) if own is not None else None
     return {"a_weight": weight.astype(np.float32), "a_bias": bias.astype(np.float32), "alpha": float(alpha),
             "rank": int(weight.shape[0]), "start": "trunk inversion", "how": how,
-            "cv": {"trunk_mrr": scores[best], "ridge_mrr": float(np.mean(own_folds)), "trunk_folds": trunk[best],
+            "cv": {"trunk_mrr": scores[best], "ridge_mrr": float(np.mean(own_folds)) if own_folds else None, "trunk_folds": trunk[best],
                    "own_folds": own_folds, "own": (own or {}).get("kind", "ridge"),
                    "folds": folds, "n_images": n, "candidate": [kind, alpha, prior, c],
                    "trunk_mrr_by_candidate": {"/".join(map(str, k)): v for k, v in scores.items()}}}

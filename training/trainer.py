@@ -216,7 +216,7 @@ def build_model(cfg: TrainConfig, n_voxels: dict, tokens: int, dim: int, sample_
     return model
 
 
-def _choose_start(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, shares=None) -> dict | None:
+def _choose_start(x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> dict | None:
     """``cfg.linear_start="auto"``: ridge vs the inverted encoding model by k-fold CV over these
     images (``training.encoding.choose_linear``); None for a ridge start, or when too large."""
     if cfg.linear_start != "auto":
@@ -224,7 +224,7 @@ def _choose_start(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, shares=None) -
     from mindsearch.training.encoding import SHARES, choose_linear
 
     alphas = {"ridge_alphas": (cfg.ridge_alpha,)} if cfg.ridge_alpha else {}
-    return choose_linear(x, y, seed=cfg.seed, shares=shares or SHARES, **alphas)
+    return choose_linear(x, y, seed=cfg.seed, shares=SHARES, **alphas)
 
 
 def _start_line(s, info: dict) -> str:
@@ -238,13 +238,15 @@ def _start_line(s, info: dict) -> str:
             + f"), rank {info['rank']}; {c['folds']}-fold reciprocal rank {other}")
 
 
-def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None, subjects=None) -> dict:
+def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None, subjects=None,
+                choices: dict | None = None) -> dict:
     """Set a new model to the linear start of its first subject (ridge, or with
     ``cfg.linear_start="auto"`` the cross-validated best of ridge and the inverted encoding model;
     factored through the hidden width) and the other subjects' adapters to their own linear
     starts under the shared read-out. On a trained model (fine-tuning) only ``subjects`` (the new
     ones) get adapters: a linear map to the trunk inputs their training images ask for
-    (``training.inversion``). Each image's trials are averaged first, as the ridge baseline does."""
+    (``training.inversion``). Each image's trials are averaged first, as the ridge baseline does.
+    ``choices`` {subject: ``choose_linear`` result} already made on these images are reused."""
     from mindsearch.training.ridge import adapter_for, average_by_image, linear_start
 
     info = {}
@@ -254,18 +256,21 @@ def ridge_start(model, vox: dict, ids: dict, lookup, cfg: TrainConfig, say=None,
         y = lookup(uniq).reshape(len(uniq), -1)
         if subjects is not None:
             # A trained trunk: the adapter maps to the inputs the trunk wants for these images.
+            from mindsearch.training.encoding import choose_linear
             from mindsearch.training.inversion import adapter_from_trunk
             from mindsearch.training.ridge import choose_alpha
 
-            choice = _choose_start(x, y, cfg)
-            own = adapter_from_trunk(model, x, y, cfg.ridge_alpha or choose_alpha(x, y, seed=cfg.seed)[0],
-                                     seed=cfg.seed, own=choice, encoding=cfg.linear_start == "auto")
+            # The subject's own read-out, scored on the folds the trunk start is scored on.
+            choice = _choose_start(x, y, cfg) if cfg.linear_start == "auto" else choose_linear(
+                x, y, kinds=("ridge",), ridge_alphas=(cfg.ridge_alpha or choose_alpha(x, y, seed=cfg.seed)[0],),
+                shares=(0.0,), seed=cfg.seed)
+            own = adapter_from_trunk(model, x, y, choice, seed=cfg.seed, encoding=cfg.linear_start == "auto")
             model.set_adapter(s, own["a_weight"], own["a_bias"])
-            info[str(s)] = {k: own[k] for k in ("alpha", "rank", "start", "cv")}
+            info[str(s)] = {**{k: own[k] for k in ("alpha", "rank", "start", "cv")}, "choice": choice}
             if say:
                 say(f"trunk start, subject {s}: {own['how']}, rank {own['rank']}")
             continue
-        choice = _choose_start(x, y, cfg)
+        choice = (choices or {}).get(s) or _choose_start(x, y, cfg)
         fit = linear_start(x, y, model.config.hidden, alpha=cfg.ridge_alpha, seed=cfg.seed, choice=choice)
         if shared is None:
             shared = fit
@@ -717,16 +722,19 @@ def train_arrays(
         # paired differences (at one session a 0.244 vs 0.231 win in 5 folds was a 19.3 vs 21.1 %
         # loss on test).
         cv = [ridge_info[str(s)]["cv"] for s in new]
-        diff = np.mean([np.subtract(c["trunk_folds"], c["own_folds"]) for c in cv], axis=0)
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        trunk_mrr, ridge_mrr = (float(np.mean([c[k] for c in cv])) for k in ("trunk_mrr", "ridge_mrr"))
-        fallback = float(diff.mean()) <= cfg.select_margin * se
-        say(f"pretrained start vs the new subject's own {cv[0]['own']} read-out, {cv[0]['folds']}-fold reciprocal rank: "
-            f"{trunk_mrr:.3f} vs {ridge_mrr:.3f} (difference {diff.mean():+.3f} ± {se:.3f} s.e.; "
-            + ("the own read-out competes)" if fallback else "the pretrained start is clearly better)"))
+        if any(c["own_folds"] is None for c in cv):
+            say("the new subject's own read-out was too large to cross-validate: it competes on validation")
+        else:
+            diff = np.mean([np.subtract(c["trunk_folds"], c["own_folds"]) for c in cv], axis=0)
+            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            trunk_mrr, ridge_mrr = (float(np.mean([c[k] for c in cv])) for k in ("trunk_mrr", "ridge_mrr"))
+            fallback = float(diff.mean()) <= cfg.select_margin * se
+            say(f"pretrained start vs the new subject's own {cv[0]['own']} read-out, {cv[0]['folds']}-fold reciprocal "
+                f"rank: {trunk_mrr:.3f} vs {ridge_mrr:.3f} (difference {diff.mean():+.3f} ± {se:.3f} s.e.; "
+                + ("the own read-out competes)" if fallback else "the pretrained start is clearly better)"))
     if global_step == 0 and fallback:
         own_ridge = fresh_model()
-        ridge_start(own_ridge, vox, ids, lookup, cfg)
+        ridge_start(own_ridge, vox, ids, lookup, cfg, choices={s: ridge_info[str(s)]["choice"] for s in new})
         own = validate(own_ridge, val_sets, lookup, "cpu", cfg.val_size)
         if own:
             best.offer(0, own, None, tag="ridge")
