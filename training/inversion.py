@@ -69,6 +69,15 @@ def trunk_inputs(model, targets: np.ndarray, lam: float = LAMBDA, iters: int = I
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden), np.float32)
 
 
+def trunk_targets(model, targets: np.ndarray):
+    """What a new subject's adapter should map to for these flattened targets: the model's shared
+    latent (``models.latent``, from a ``latent_start`` pretraining) with the linear ``lift``
+    into the trunk's hidden space, else the inverted trunk inputs and ``lift`` None."""
+    if getattr(model, "latent", None) is not None:
+        return model.latent.latents(targets), model.latent.lift()
+    return trunk_inputs(model, targets), None
+
+
 DESHRINK = (1.0, 1.5, 2.0)  # the inverted encoding model's inputs, pushed away from the mean by this
 
 
@@ -91,7 +100,7 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, own: dict
     from mindsearch.retrieval import reciprocal_rank
     from mindsearch.training.encoding import EncodingModel
 
-    hidden = trunk_inputs(model, targets)
+    hidden, lift = trunk_targets(model, targets)
     n = len(voxels)
     device = next(model.parameters()).device
     trunk = {}
@@ -99,6 +108,8 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, own: dict
     model.eval()
 
     def score(key, h, part):
+        if lift is not None:
+            h = h @ lift[0].T + lift[1]
         with torch.no_grad():
             pred = _retrieval_output(model, torch.as_tensor(h.astype(np.float32), device=device))
         trunk.setdefault(key, []).append(reciprocal_rank(pred.float().cpu().numpy(), targets[part]))
@@ -125,9 +136,12 @@ def adapter_from_trunk(model, voxels: np.ndarray, targets: np.ndarray, own: dict
         weight = c * (m @ vt)
         bias = h_mean - weight @ x_mean
         how = f"the inverted encoding model to the trunk inputs (alpha {alpha:g}, prior {prior:g}, x{c:g})"
+    if lift is not None:  # a map to the latent, then to_hidden: one linear adapter
+        weight, bias = lift[0] @ weight, lift[0] @ bias + lift[1]
+        how = how.replace("the trunk inputs", "the shared latent")
     own_folds = list(own["fold_mrr"]) if own is not None else None
     return {"a_weight": weight.astype(np.float32), "a_bias": bias.astype(np.float32), "alpha": float(alpha),
-            "rank": int(weight.shape[0]), "start": "trunk inversion", "how": how,
+            "rank": int(weight.shape[0]), "start": "shared latent" if lift is not None else "trunk inversion", "how": how,
             "cv": {"trunk_mrr": scores[best], "ridge_mrr": float(np.mean(own_folds)) if own_folds else None, "trunk_folds": trunk[best],
                    "own_folds": own_folds, "own": (own or {}).get("kind", "ridge"),
                    "folds": folds, "n_images": n, "candidate": [kind, alpha, prior, c],

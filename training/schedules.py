@@ -70,7 +70,7 @@ def make_scheduler(optimizer, max_lr: float, total_steps: int, epochs: int):
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[max_lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups],
-        total_steps=max(int(total_steps), 2),
+        total_steps=max(int(total_steps), 4),  # fewer (0: a run that only fits its start) divides by zero
         final_div_factor=1000,
         last_epoch=-1,
         pct_start=pct_start,

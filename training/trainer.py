@@ -82,6 +82,12 @@ class TrainConfig:
     # "ridge": the linear start is ridge; "auto": ridge or the inverted encoding model
     # (training/encoding.py), whichever k-fold cross-validation over the training images prefers
     linear_start: str = "ridge"
+    # Pretraining (a new model on two or more subjects): > 0 starts from a shared latent encoding
+    # model of this width (training/latent.py) instead of the linear start; its fit's epochs and the
+    # noise the trunk learns to read it under (in the latent's standard deviations)
+    latent_start: int = 0
+    latent_epochs: int = 40
+    latent_noise: float = 0.5
     linear_lr_scale: float = 0.1  # ridge start: the linear path (adapters, output linear) trains at lr x this
     accumulate: int = 1
     device: str = "auto"  # auto | cpu | cuda
@@ -597,7 +603,14 @@ def train_arrays(
     model = build_model(cfg, n_voxels, tokens, dim, sample_targets, model, model_overrides)
     ridge_info = None
     start_weights = None
-    if cfg.init in RIDGE_INITS and new:
+    latent = bool(cfg.latent_start and fresh and len(subjects) > 1)
+    if latent:
+        # Pretraining: the shared latent start; training goes on from it (it is step 0's candidate,
+        # and a new subject's adapter is fitted to the latent this trunk reads).
+        from mindsearch.training.latent import latent_start
+
+        ridge_info = latent_start(model, vox, ids, lookup, cfg, say)
+    elif cfg.init in RIDGE_INITS and new:
         if cfg.init == "ridge_fallback" and fresh:
             start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ridge_info = ridge_start(model, vox, ids, lookup, cfg, say, subjects=None if fresh else new)
@@ -656,11 +669,16 @@ def train_arrays(
         total_steps = cfg.steps
     elif cfg.epochs is not None:
         total_steps = steps_per_epoch * cfg.epochs
+    elif latent:
+        # The shared-latent start is the pretrained model: gradient steps through one set of
+        # voxels would bend the trunk away from the latent later subjects are enrolled into.
+        # --steps N trains on from it (step 0 stays a candidate).
+        total_steps = 0
     else:
         total_steps = auto_steps(steps_per_epoch * per_subject_bs * cfg.accumulate, per_subject_bs * cfg.accumulate)
     model.to(device)
     per_step, capped_from = None, None
-    if cfg.steps is None and cfg.epochs is None and cfg.time_budget_s:
+    if cfg.steps is None and cfg.epochs is None and cfg.time_budget_s and total_steps:
         saved = checkpoints.saved_position(out_dir) if resume else None
         if saved and saved.get("total_steps"):
             total_steps = int(saved["total_steps"])  # the budget was fitted once, when the run began
@@ -689,7 +707,7 @@ def train_arrays(
     # --- 3. state: fresh, or restored from the last readable checkpoint
     global_step, history, epoch_losses = 0, [], []
     # Step 0 is a candidate when it is a real model: a ridge start or a run being fine-tuned.
-    best = StepSelection(cfg, start_is_candidate=cfg.init in RIDGE_INITS or not fresh)
+    best = StepSelection(cfg, start_is_candidate=cfg.init in RIDGE_INITS or not fresh or latent)
     if resume and checkpoints.has_checkpoint(out_dir):
         state, extra = checkpoints.load(out_dir, raw, optimizer, scheduler, warn=say)
         pos = state["position"]
@@ -749,7 +767,7 @@ def train_arrays(
     if global_step == 0 and start_weights is not None:
         # ridge_fallback: ridge was measured (and kept as the step-0 candidate); train from random weights.
         raw.load_state_dict(start_weights)
-    if global_step == 0 and progress:
+    if global_step == 0 and progress and total_steps:
         per_step = per_step or _seconds_per_step(model, get_batch, subjects, cfg)
         say(_expected_time(per_step, cfg, total_steps, steps_per_epoch, capped_from))
 
@@ -855,7 +873,7 @@ def train_arrays(
     if interrupted:
         return summary
     shift = None
-    ridge_kept = bool(chosen == 0 and ridge_info and (fresh or best.tag == "ridge") and len(val_images))
+    ridge_kept = bool(chosen == 0 and ridge_info and not latent and (fresh or best.tag == "ridge") and len(val_images))
     summary["kept_own_ridge_over_pretrained"] = best.tag == "ridge"
     y_mean = mean_target(lookup, np.unique(np.concatenate([every_ids[s] for s in subjects]))) \
         if cfg.mean_shift and val_sets else None

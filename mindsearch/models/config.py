@@ -56,7 +56,17 @@ class LowLevelConfig:
     dropout: float = 0.3
 
 
-_SECTIONS = {"projector": ProjectorConfig, "prior": PriorConfig, "lowlevel": LowLevelConfig}
+@dataclass
+class LatentConfig:
+    """The shared latent encoding model a pretraining fits (``latent.LatentEncoder``): targets ->
+    a ``dim``-wide latent every subject's voxels are linear in (an MLP of ``width``), lifted into
+    the trunk's hidden space. Set by a pretraining with ``latent_start``, never by a preset."""
+
+    dim: int = 256
+    width: int = 1024
+
+
+_SECTIONS = {"projector": ProjectorConfig, "prior": PriorConfig, "lowlevel": LowLevelConfig, "latent": LatentConfig}
 
 
 @dataclass
@@ -81,6 +91,7 @@ class MindEyeConfig:
     projector: ProjectorConfig | None = field(default_factory=ProjectorConfig)
     prior: PriorConfig | None = field(default_factory=PriorConfig)
     lowlevel: LowLevelConfig | None = None
+    latent: LatentConfig | None = None
 
     def __post_init__(self):
         if self.block not in BLOCKS:
@@ -116,4 +127,4 @@ def _check_keys(cls, data: dict, prefix: str, path) -> None:
                               f"(known: {', '.join(sorted(known))})", path)
 
 
-__all__ = ["MindEyeConfig", "ProjectorConfig", "PriorConfig", "LowLevelConfig", "BLOCKS"]
+__all__ = ["MindEyeConfig", "ProjectorConfig", "PriorConfig", "LowLevelConfig", "LatentConfig", "BLOCKS"]

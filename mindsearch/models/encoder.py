@@ -18,7 +18,8 @@ from torch import nn
 
 from mindsearch.models.adapters import SubjectAdapters, subject_key
 from mindsearch.models.backbone import Backbone
-from mindsearch.models.config import MindEyeConfig
+from mindsearch.models.config import LatentConfig, MindEyeConfig
+from mindsearch.models.latent import LatentEncoder
 from mindsearch.models.lowlevel import LowLevelHead
 from mindsearch.models.prior import DiffusionPrior
 from mindsearch.models.projector import Projector
@@ -57,6 +58,22 @@ class MindEyeModel(nn.Module):
             low = asdict(c.lowlevel)
             low["decoder_channels"] = tuple(low["decoder_channels"])
             self.lowlevel = LowLevelHead(c.hidden, **low)
+        self.latent = None
+        if c.latent:
+            self._build_latent(c.latent)
+
+    def _build_latent(self, lc: LatentConfig) -> None:
+        self.latent = LatentEncoder(self.config.tokens * self.config.dim, lc.dim, lc.width, self.config.hidden)
+        self.latent.requires_grad_(False)  # fitted by training.latent, never by the retrieval loss
+
+    def attach_latent(self, dim: int, width: int) -> LatentEncoder:
+        """Give the model a shared latent encoding model (``models.latent``; a pretraining
+        fits it); it is saved with the weights and rebuilt by ``from_pretrained``."""
+        self.config.latent = LatentConfig(dim=int(dim), width=int(width))
+        device = self.backbone.to_tokens.weight.device
+        self._build_latent(self.config.latent)
+        self.latent.to(device)
+        return self.latent
 
     @property
     def subjects(self) -> list[int]:
