@@ -22,9 +22,12 @@ DEFAULT_PRESET = "cpu"
 @click.option("--data", required=True, type=click.Path(), help="Dataset directory (any supported layout).")
 @click.option("--subject", type=click.IntRange(min=1), default=None, help="Subject to train (1-based, as in NSD).")
 @click.option("--subjects", default=None, help="With --pretrain: subjects to pretrain on, e.g. 2,5,7.")
-@click.option("--pretrain", is_flag=True, help="Shared-subject pretraining on --subjects (MindEye2).")
+@click.option("--pretrain", is_flag=True,
+              help="Shared-subject pretraining on --subjects (default cpu preset: a shared latent encoding "
+                   "model, then the trunk; other presets: MindEye2 end-to-end).")
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
-              help="Start from a pretrained run (adds a new subject adapter when needed).")
+              help="Start from a pretrained run (a new subject gets an adapter fitted in closed form to "
+                   "its shared latent or trunk inputs).")
 @click.option("--model", type=click.Choice(["mindeye", "ridge"]), default="mindeye", show_default=True)
 @click.option("--preset", type=click.Choice(list_presets()), default=None,
               help="Model preset (the JSON files in mindsearch/models/configs/). Default: cpu, a ridge-started "
