@@ -58,8 +58,9 @@ def test_a_shared_latent_enrols_a_new_subject_better_than_its_own_read_out():
     phit, yt = w.images(300)
     xt = _average(w.trials(1, phit))
     model = create_model("tiny", {2: V, 3: V}, tokens=1, dim=T, use_prior=False, use_projector=False)
-    mse = fit_latent(model, x, y, dim=32, width=128, epochs=30)
-    assert max(mse.values()) < np.mean([x[s].var(0).sum() / V for s in x])  # the heads explain the voxels
+    fit = fit_latent(model, x, y, dim=32, width=128, epochs=30)
+    mse = fit["voxel_mse"]
+    assert fit["epochs"] == 30 and max(mse.values()) < np.mean([x[s].var(0).sum() / V for s in x])  # the heads explain the voxels
     fit_trunk(model, np.concatenate([y[2], y[3]]), noise=0.5, epochs=30)
     model.add_subject(1, V)
     own = choose_linear(x1, y1)
@@ -121,3 +122,18 @@ def test_pretraining_keeps_the_latent_with_the_run_and_fine_tuning_enrols_into_i
     ft_model = from_pretrained(tmp_path / "ft")
     with torch.no_grad():
         np.testing.assert_allclose(ft_model.latent(probe).numpy(), again.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_latent_fits_stop_at_their_time_budget():
+    """An epoch that would end past the budget is not started (the first always runs), and the
+    epochs run are reported, so a slow machine fits less instead of running for hours."""
+    from mindsearch.models.factory import create_model
+    from mindsearch.training.latent import fit_latent, fit_trunk
+
+    w = World(2)
+    phi, y = w.images(200)
+    x = _average(w.trials(2, phi))
+    model = create_model("tiny", {2: V}, tokens=1, dim=T, use_prior=False, use_projector=False)
+    assert fit_latent(model, {2: x}, {2: y}, dim=8, width=32, epochs=50, budget_s=1e-6)["epochs"] == 1
+    assert fit_trunk(model, y, noise=0.5, epochs=50, budget_s=1e-6)["epochs"] == 1
+    assert fit_trunk(model, y, noise=0.5, epochs=2)["epochs"] == 2

@@ -34,6 +34,16 @@ BATCH = 128
 TEMPERATURE = 0.05  # the trunk's contrastive term (outputs and targets L2-normalised)
 
 
+def _out_of_time(t0: float, done: int, budget_s: float | None) -> bool:
+    """Whether another epoch, as long as the mean one so far, would end past the budget."""
+    import time
+
+    if not budget_s or not done:
+        return False
+    elapsed = time.perf_counter() - t0
+    return elapsed + elapsed / done > budget_s
+
+
 def _seeded(seed: int):
     import torch
 
@@ -43,11 +53,14 @@ def _seeded(seed: int):
 
 
 def fit_latent(model, x_by_subject: dict, y_by_subject: dict, *, dim: int, width: int, epochs: int,
-               seed: int = 0, say=None) -> dict:
+               seed: int = 0, say=None, budget_s: float | None = None) -> dict:
     """Attach a ``LatentEncoder`` to ``model`` and fit it with a linear head per subject to the
     subjects' averaged voxels ``x_by_subject`` {s: (n_s, V_s)} from flattened targets
     ``y_by_subject`` {s: (n_s, T*D)}; sets its standardisation. Returns the last epoch's mean
-    loss per subject (the voxels are z-scored: 1 is what predicting the mean scores)."""
+    loss per subject (the voxels are z-scored: 1 is what predicting the mean scores) and the
+    epochs run (fewer than ``epochs`` when the next would end past ``budget_s`` seconds)."""
+    import time
+
     import torch
 
     device = model.backbone.to_tokens.weight.device
@@ -62,7 +75,10 @@ def fit_latent(model, x_by_subject: dict, y_by_subject: dict, *, dim: int, width
     gen = _seeded(seed)
     losses = {}
     latent.train()
+    t0, done = time.perf_counter(), 0
     for epoch in range(epochs):
+        if _out_of_time(t0, done, budget_s):
+            break
         sums = {s: 0.0 for s in data}
         for s, (x, y) in data.items():
             order = torch.randperm(len(x), generator=gen).to(device)
@@ -74,6 +90,7 @@ def fit_latent(model, x_by_subject: dict, y_by_subject: dict, *, dim: int, width
                 opt.step()
                 sums[s] += loss.item() * len(b)
         losses = {s: sums[s] / len(data[s][0]) for s in data}
+        done = epoch + 1
         if say and (epoch + 1) % max(1, epochs // 4) == 0:
             say(f"shared latent, epoch {epoch + 1}/{epochs}: voxel MSE "
                 + ", ".join(f"subject {s} {v:.3f}" for s, v in losses.items()))
@@ -83,13 +100,17 @@ def fit_latent(model, x_by_subject: dict, y_by_subject: dict, *, dim: int, width
         latent.mean.copy_(f.mean(0))
         latent.std.copy_(f.std(0).clamp_min(1e-6))
     latent.requires_grad_(False)
-    return {str(s): float(v) for s, v in losses.items()}
+    return {"voxel_mse": {str(s): float(v) for s, v in losses.items()}, "epochs": done}
 
 
-def fit_trunk(model, targets: np.ndarray, *, noise: float, epochs: int, seed: int = 0, say=None) -> float:
+def fit_trunk(model, targets: np.ndarray, *, noise: float, epochs: int, seed: int = 0, say=None,
+              budget_s: float | None = None) -> dict:
     """Train ``latent.to_hidden`` -> backbone -> projector to map the latent of ``targets``
     (flattened, one row per image) plus Gaussian noise of sd ``noise`` back to those targets
-    (contrastive + cosine). The latent MLP itself stays fixed. Returns the last epoch's loss."""
+    (contrastive + cosine). The latent MLP itself stays fixed. Returns the last epoch's loss and
+    the epochs run (``budget_s`` as in ``fit_latent``)."""
+    import time
+
     import torch
     import torch.nn.functional as F
 
@@ -108,7 +129,10 @@ def fit_trunk(model, targets: np.ndarray, *, noise: float, epochs: int, seed: in
     was = model.training
     model.train()
     last = 0.0
+    t0, done = time.perf_counter(), 0
     for epoch in range(epochs):
+        if _out_of_time(t0, done, budget_s):
+            break
         order = torch.randperm(len(z), generator=gen).to(device)
         total = 0.0
         for i in range(0, len(z), BATCH):
@@ -122,12 +146,13 @@ def fit_trunk(model, targets: np.ndarray, *, noise: float, epochs: int, seed: in
             opt.step()
             total += loss.item() * len(b)
         last = total / len(z)
+        done = epoch + 1
         if say and (epoch + 1) % max(1, epochs // 4) == 0:
             say(f"trunk on the shared latent, epoch {epoch + 1}/{epochs}: loss {last:.3f}")
     for p in latent.to_hidden.parameters():
         p.requires_grad_(False)
     model.train(was)
-    return last
+    return {"loss": last, "epochs": done}
 
 
 def latent_start(model, vox: dict, ids: dict, lookup, cfg, say=None) -> dict:
@@ -141,15 +166,24 @@ def latent_start(model, vox: dict, ids: dict, lookup, cfg, say=None) -> dict:
         x, uniq = average_by_image(np.asarray(vox[s], np.float32), ids[s])
         xs[s], ys[s] = x, lookup(uniq).reshape(len(uniq), -1)
     say = say or (lambda m: None)
+    # Each fit gets half the run's time budget (the gradient loop's, which a latent start skips),
+    # so a machine too slow for the epochs asked fits fewer; the epochs run are recorded.
+    budget = cfg.time_budget_s / 2 if cfg.time_budget_s else None
     say(f"shared latent: {cfg.latent_start} dims from {sum(len(x) for x in xs.values())} images of "
-        f"{len(xs)} subjects, {cfg.latent_epochs} epochs")
-    mse = fit_latent(model, xs, ys, dim=cfg.latent_start, width=model.config.hidden, epochs=cfg.latent_epochs,
-                     seed=cfg.seed, say=say)
+        f"{len(xs)} subjects, {cfg.latent_epochs} epochs each for the latent and the trunk"
+        + (f", at most {budget / 60:.1f} min each" if budget else "")
+        + ", then each subject's adapter by 5-fold cross-validation")
+    fit = fit_latent(model, xs, ys, dim=cfg.latent_start, width=model.config.hidden, epochs=cfg.latent_epochs,
+                     seed=cfg.seed, say=say, budget_s=budget)
     all_targets = np.concatenate(list(ys.values()))
     _, first = np.unique(np.concatenate([np.unique(ids[s]) for s in sorted(vox)]), return_index=True)
-    loss = fit_trunk(model, all_targets[first], noise=cfg.latent_noise, epochs=cfg.latent_epochs, seed=cfg.seed, say=say)
-    info = {"latent": {"dim": cfg.latent_start, "epochs": cfg.latent_epochs, "noise": cfg.latent_noise,
-                       "voxel_mse": mse, "trunk_loss": loss}}
+    trunk = fit_trunk(model, all_targets[first], noise=cfg.latent_noise, epochs=cfg.latent_epochs, seed=cfg.seed,
+                      say=say, budget_s=budget)
+    info = {"latent": {"dim": cfg.latent_start, "epochs": fit["epochs"], "trunk_epochs": trunk["epochs"],
+                       "noise": cfg.latent_noise, "voxel_mse": fit["voxel_mse"], "trunk_loss": trunk["loss"]}}
+    for n_run, what in ((fit["epochs"], "latent"), (trunk["epochs"], "trunk")):
+        if n_run < cfg.latent_epochs:
+            say(f"the {what} fit stopped after {n_run} of {cfg.latent_epochs} epochs (time budget)")
     for s in sorted(vox):
         fit = adapter_from_trunk(model, xs[s], ys[s], None, seed=cfg.seed, encoding=cfg.linear_start == "auto")
         model.set_adapter(s, fit["a_weight"], fit["a_bias"])
