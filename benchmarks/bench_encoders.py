@@ -275,7 +275,7 @@ def main(argv=None) -> int:
           f"{args.jobs} at a time with {args.threads} thread(s) each; load {os.getloadavg()}", file=sys.stderr)
     results = {"data": str(args.data), "subject": args.subject, "preset": args.preset, "parts": parts,
                "regime_preset": args.regime_preset, "regime_steps": args.regime_steps,
-               "n_sessions": n_sessions,
+               "n_sessions": n_sessions, "jobs": args.jobs, "threads": args.threads,
                "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "runs": {}}
     if args.out.is_file():  # re-running some parts adds to an earlier benchmark of the same data
         earlier = json.loads(args.out.read_text())

@@ -80,31 +80,52 @@ def curve_points(results):
     return pts
 
 
-REGIME_HEADER = ["sessions", "ridge b→i", "encoder (scratch)", "encoder (pretrained + fine-tuned)",
-                 "encoder + CSLS", "encoder i→b", "encoder + CSLS i→b", "ceiling b→i"]
+REGIME_HEADER = ["sessions", "ridge b→i", "scratch b→i", "i→b", "CSLS b→i", "CSLS i→b",
+                 "pretrained + fine-tuned b→i", "i→b", "CSLS b→i", "CSLS i→b", "ceiling b→i"]
+REGIME_KINDS = ("ridge", "scratch", "finetune")
+
+
+def _regime_names(runs) -> list[str]:
+    return sorted({n.split("-", 2)[2] for n in runs if n.startswith("regime-ridge-")},
+                  key=lambda n: (n == "all", int(n) if n.isdigit() else 0))
+
+
+def _regime_top1(runs, kind, n, key="brain_to_image_top1", csls=False):
+    r = runs.get(f"regime-{kind}-{n}")
+    if not r:
+        return None
+    b = r["scores"]["betas"]
+    return (b.get("csls") or {}).get(key) if csls else b.get(key)
 
 
 def regime_rows(results) -> list[list[str]]:
-    """One row per regime (1, 2, 3, 5 sessions, all): brain→image top-1 % (betas averaged) of
-    ridge, the encoder from scratch and fine-tuned, the scratch encoder with CSLS, the ceiling."""
+    """One row per regime (1, 2, 3, 5 sessions, all): top-1 % (betas averaged) of ridge, then of
+    the encoder from scratch and pretrained + fine-tuned, each in both directions with CSLS
+    beside (never in place of) the protocol's numbers, and the ceiling."""
     runs = results["runs"]
-    names = sorted({n.split("-", 2)[2] for n in runs if n.startswith("regime-ridge-")},
-                   key=lambda n: (n == "all", int(n) if n.isdigit() else 0))
     rows = []
-    for n in names:
-        def top1(kind, key="brain_to_image_top1", csls=False):
-            r = runs.get(f"regime-{kind}-{n}")
-            if not r:
-                return None
-            b = r["scores"]["betas"]
-            return (b.get("csls") or {}).get(key) if csls else b.get(key)
-
+    for n in _regime_names(runs):
+        cells = [n, _pct(_regime_top1(runs, "ridge", n))]
+        for kind in ("scratch", "finetune"):
+            cells += [_pct(_regime_top1(runs, kind, n, key, csls)) for csls in (False, True)
+                      for key in ("brain_to_image_top1", "image_to_brain_top1")]
         ceiling = (runs.get(f"regime-ridge-{n}") or {}).get("scores", {}).get("betas", {}).get(
             "ceiling_brain_to_image_top1")
-        rows.append([n, _pct(top1("ridge")), _pct(top1("scratch")), _pct(top1("finetune")),
-                     _pct(top1("scratch", csls=True)), _pct(top1("scratch", "image_to_brain_top1")),
-                     _pct(top1("scratch", "image_to_brain_top1", csls=True)), _pct(ceiling)])
+        rows.append(cells + [_pct(ceiling)])
     return rows
+
+
+def regime_points(results) -> dict:
+    """{kind: [(sessions, brain→image top-1)]} for the regimes' plot ("all" at ``n_sessions``)."""
+    runs = results["runs"]
+    pts = {k: [] for k in REGIME_KINDS}
+    for n in _regime_names(runs):
+        x = results.get("n_sessions") if n == "all" else int(n)
+        for kind in REGIME_KINDS:
+            v = _regime_top1(runs, kind, n)
+            if x and v is not None:
+                pts[kind].append((int(x), v))
+    return pts
 
 
 SEMIREAL_HEADER = ["training images x 3", "model", "b→i", "i→b", "CSLS b→i", "CSLS i→b"]
@@ -154,8 +175,12 @@ def render_table(results) -> str:
     return "\n".join(lines)
 
 
-def _svg_curve(results, width=560, height=320) -> str:
-    pts = curve_points(results)
+COLOURS = {"ridge": "#d62728", "encoder": "#1f77b4", "scratch": "#1f77b4", "finetune": "#2ca02c"}
+LABELS = {"finetune": "pretrained + fine-tuned", "scratch": "from scratch"}
+
+
+def _svg_curve(results, width=560, height=320, pts=None) -> str:
+    pts = curve_points(results) if pts is None else pts
     c, _ = _ceiling(results)
     xs = sorted({n for p in pts.values() for n, _ in p})
     if not xs:
@@ -176,7 +201,7 @@ def _svg_curve(results, width=560, height=320) -> str:
     if c is not None:
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{ly(c)}" y2="{ly(c)}" stroke="#444" stroke-dasharray="6,4"/>')
         out.append(f'<text x="{width - right}" y="{ly(c) - 6}" text-anchor="end">Bayes ceiling {_pct(c)}%</text>')
-    colours = {"ridge": "#d62728", "encoder": "#1f77b4"}
+    colours = COLOURS
     for kind, p in pts.items():
         if not p:
             continue
@@ -185,7 +210,8 @@ def _svg_curve(results, width=560, height=320) -> str:
         for n, v in p:
             out.append(f'<circle cx="{lx(n):.1f}" cy="{ly(v):.1f}" r="3.5" fill="{colours[kind]}"/>')
         n, v = p[-1]
-        out.append(f'<text x="{lx(n) - 6:.1f}" y="{ly(v) - 8:.1f}" text-anchor="end" fill="{colours[kind]}">{kind}</text>')
+        out.append(f'<text x="{lx(n) - 6:.1f}" y="{ly(v) - 8:.1f}" text-anchor="end" fill="{colours[kind]}">'
+                   f'{LABELS.get(kind, kind)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -206,8 +232,11 @@ def _regime_html(results) -> str:
     if not rows:
         return ""
     preset = html.escape(str(results.get("regime_preset", "cpu")))
-    return (f"<h2>Regimes</h2><p class=\"note\">Encoders: preset {preset}. CSLS: hubness-corrected, "
-            f"reference bank = training-split embeddings.</p>{_html_table(REGIME_HEADER, rows)}")
+    plot = _svg_curve(results, pts=regime_points(results))
+    return (f"<h2>Regimes</h2><p class=\"note\">Encoders: preset {preset}; pretrained on the other subjects, "
+            f"then fine-tuned on the sessions of the row. CSLS: hubness-corrected, reference bank = "
+            f"training-split embeddings. Brain→image top-1 %, betas averaged.</p>"
+            f"{_html_table(REGIME_HEADER, rows)}\n{plot}")
 
 
 def _semireal_html(results) -> str:
@@ -222,17 +251,22 @@ def _semireal_html(results) -> str:
 def render_html(results) -> str:
     machine = results.get("machine", {})
     load = lambda v: "?" if not v else "/".join(f"{x:.1f}" for x in v)  # noqa: E731
-    pool = next((min(300, r["scores"]["betas"]["n"]) for r in results["runs"].values()), 300)
+    pool = next((min(300, r["scores"]["betas"].get("n") or 300) for r in results["runs"].values()), 300)
+    main = set(results.get("parts") or []) & {"main", "losses", "heads", "curve", "fewshot"}
+    main_preset = f", preset {html.escape(str(results.get('preset')))}" if main else ""
+    jobs, threads = results.get("jobs"), results.get("threads")
+    how = f"Runs trained {jobs} at a time, {threads} thread(s) each." if jobs else ""
+    if any(r.get("note") for r in results["runs"].values()):
+        how += " Some runs were measured beforehand and reused (their records say so, with their own wall times)."
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mindsearch encoder benchmark</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:1100px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
 th{{background:#f4f4f4}} .note{{color:#555}}</style></head><body>
 <h1>Encoder benchmark</h1>
-<p class="note">Dataset {html.escape(str(results.get('data')))}, subject {results.get('subject')}, preset
-{html.escape(str(results.get('preset')))}. Top-1 among {pool} test images over 30 loops (seed 42); b→i = brain→image
+<p class="note">Dataset {html.escape(str(results.get('data')))}, subject {results.get('subject')}{main_preset}. Top-1 among {pool} test images over 30 loops (seed 42); b→i = brain→image
 (the search direction), i→b = image→brain (MindEye code's "fwd"). ± is the 95% interval over loops.
 Machine: {machine.get('cpus')} CPUs, load average (1/5/15 min) {load(machine.get('load_before'))} before,
-{load(machine.get('load_after'))} after. Runs trained two at a time, one thread each.</p>
+{load(machine.get('load_after'))} after. {how}</p>
 {_html_table(HEADER, table_rows(results))}
 {_curve_html(results)}
 {_regime_html(results)}

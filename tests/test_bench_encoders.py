@@ -39,7 +39,7 @@ def test_report_puts_the_ceiling_and_curve_in():
 
 
 def test_regimes_plan_and_table():
-    from mindsearch.eval.encoder_report import regime_rows
+    from mindsearch.eval.encoder_report import regime_points, regime_rows
 
     jobs = plan(Path("/d"), Path("/w"), 1, [2], 16, ["regimes"], "light", None, regime_steps=500)
     names = {j["name"]: j for j in jobs}
@@ -57,7 +57,14 @@ def test_regimes_plan_and_table():
                                                                                   "image_to_brain_top1": 0.3}),
                         "regime-ridge-all": run(0.2)}}
     rows = regime_rows(results)
-    assert rows[0] == ["1", "10.0", "20.0", "-", "25.0", "10.0", "30.0", "99.0"] and rows[1][0] == "all"
+    assert rows[0] == ["1", "10.0", "20.0", "10.0", "25.0", "30.0", "-", "-", "-", "-", "99.0"] and rows[1][0] == "all"
+    results["runs"]["regime-finetune-all"] = run(0.6, {"brain_to_image_top1": 0.61, "image_to_brain_top1": 0.55})
+    results.update(n_sessions=16, parts=["regimes"], machine={}, jobs=1, threads=2)
+    assert regime_rows(results)[1][6:10] == ["60.0", "30.0", "61.0", "55.0"]
+    assert regime_points(results)["finetune"] == [(16, 0.6)] and regime_points(results)["ridge"] == [(1, 0.1), (16, 0.2)]
+    page = render_html(results)
+    assert "pretrained + fine-tuned" in page and "<svg" in page and "1 at a time, 2 thread(s)" in page
+    assert "preset" not in page.split("Top-1")[0]  # no main-part preset named when only regimes ran
 
 
 def test_semireal_rows_reach_the_text_and_the_page():
