@@ -73,7 +73,7 @@ def trunk_targets(model, targets: np.ndarray):
     """What a new subject's adapter should map to for these flattened targets: the model's shared
     latent (``models.latent``, from a ``latent_start`` pretraining) with the linear ``lift``
     into the trunk's hidden space, else the inverted trunk inputs and ``lift`` None."""
-    if getattr(model, "latent", None) is not None:
+    if model.latent is not None:
         return model.latent.latents(targets), model.latent.lift()
     return trunk_inputs(model, targets), None
 

@@ -605,8 +605,8 @@ def train_arrays(
     start_weights = None
     latent = bool(cfg.latent_start and fresh and len(subjects) > 1)
     if latent:
-        # Pretraining: the shared latent start; training goes on from it (it is step 0's candidate,
-        # and a new subject's adapter is fitted to the latent this trunk reads).
+        # Pretraining: the shared latent start is step 0's candidate and, with the data-aware
+        # schedule, the run (total_steps 0 below); a new subject's adapter maps to this latent.
         from mindsearch.training.latent import latent_start
 
         ridge_info = latent_start(model, vox, ids, lookup, cfg, say)

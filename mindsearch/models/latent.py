@@ -11,6 +11,7 @@ fits it). The trunk is then trained to read that latent (lifted to its hidden wi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,8 +37,6 @@ class LatentEncoder(nn.Module):
     @torch.no_grad()
     def latents(self, targets, batch: int = 2048):
         """numpy in, numpy out (float64), in batches; the module's device and mode are kept."""
-        import numpy as np
-
         device = self.to_hidden.weight.device
         was = self.training
         self.eval()
